@@ -1,0 +1,108 @@
+"""The contract between the layers: the miss sentinel and the byte-store protocol.
+
+Everything below the cache front-end speaks bytes. A store never sees a Python object: it
+keeps byte strings under string keys, and it reports a miss with :data:`NO_VALUE`, never with
+``None`` (``None`` is a real result in a notebook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, Protocol, Union, runtime_checkable
+
+#: Anything a store accepts as a piece of a value. Stores must not keep a reference to a
+#: ``memoryview`` they were given past the call: its memory belongs to the caller.
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+class NoValue:
+    """The type of :data:`NO_VALUE`: a miss. Falsy, and only one instance exists."""
+
+    _instance: NoValue | None = None
+
+    def __new__(cls) -> NoValue:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+    def __reduce__(self) -> str:
+        return "NO_VALUE"
+
+
+#: Returned by stores (and by :meth:`nbcache.cache.Cache.get_entry`) on a miss.
+NO_VALUE: Final = NoValue()
+
+
+class CasToken:
+    """An opaque token from :meth:`ByteStore.gets`, handed back to :meth:`ByteStore.cas`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"CasToken({self.value!r})"
+
+
+@runtime_checkable
+class ByteStore(Protocol):
+    """A place that keeps bytes under string keys for a while.
+
+    ``ttl`` is always normalised by the caller: ``None`` means "never expires", otherwise a
+    positive number of seconds from now. (Zero and negative timeouts never reach a store.)
+    A value is given as a sequence of buffers whose concatenation is the value, so big
+    results travel without being joined first; a value read back is one bytes-like object.
+
+    Keys are arbitrary strings; a store that has key rules of its own (memcached) maps them.
+    Stores do not raise on a missing key. A store may raise on a fault (server down); the
+    layer above turns that into a miss and a warning.
+    """
+
+    def get(self, key: str) -> bytes | bytearray | memoryview | NoValue: ...
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | bytearray | memoryview | NoValue]:
+        """Values in the order of ``keys``; in as few round trips as the store can."""
+        ...
+
+    def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool: ...
+
+    def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
+        """Store only if ``key`` holds nothing; True if stored."""
+        ...
+
+    def gets(self, key: str) -> tuple[bytes | bytearray | memoryview | NoValue, CasToken | None]:
+        """The value and a token for :meth:`cas`; ``(NO_VALUE, None)`` on a miss."""
+        ...
+
+    def cas(self, key: str, value: Sequence[Buffer], ttl: float | None, token: CasToken) -> bool:
+        """Store only if ``key`` is unchanged since :meth:`gets` gave ``token``."""
+        ...
+
+    def delete(self, key: str) -> bool:
+        """True if something was deleted."""
+        ...
+
+    def clear(self) -> bool:
+        """Forget every key of this store (and only of this store)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def join(value: Sequence[Buffer]) -> bytes:
+    """One ``bytes`` from a sequence of buffers (for stores that need a single string)."""
+    if len(value) == 1 and isinstance(value[0], bytes):
+        return value[0]
+    return b"".join(value)
+
+
+def total_size(value: Sequence[Buffer]) -> int:
+    """Bytes in a sequence of buffers."""
+    return sum(memoryview(part).nbytes for part in value)
