@@ -8,11 +8,14 @@ keeps byte strings under string keys, and it reports a miss with :data:`NO_VALUE
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, Protocol, Union, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 #: Anything a store accepts as a piece of a value. Stores must not keep a reference to a
 #: ``memoryview`` they were given past the call: its memory belongs to the caller.
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
+
+#: What a store hands back: one bytes-like object.
+Stored = bytes | bytearray | memoryview
 
 
 class NoValue:
@@ -65,9 +68,9 @@ class ByteStore(Protocol):
     layer above turns that into a miss and a warning.
     """
 
-    def get(self, key: str) -> bytes | bytearray | memoryview | NoValue: ...
+    def get(self, key: str) -> Stored | NoValue: ...
 
-    def get_many(self, keys: Sequence[str]) -> list[bytes | bytearray | memoryview | NoValue]:
+    def get_many(self, keys: Sequence[str]) -> list[Stored | NoValue]:
         """Values in the order of ``keys``; in as few round trips as the store can."""
         ...
 
@@ -77,7 +80,7 @@ class ByteStore(Protocol):
         """Store only if ``key`` holds nothing; True if stored."""
         ...
 
-    def gets(self, key: str) -> tuple[bytes | bytearray | memoryview | NoValue, CasToken | None]:
+    def gets(self, key: str) -> tuple[Stored | NoValue, CasToken | None]:
         """The value and a token for :meth:`cas`; ``(NO_VALUE, None)`` on a miss."""
         ...
 

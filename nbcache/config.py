@@ -1,0 +1,101 @@
+"""The default cache: what ``@cached_result`` and ``%%cache`` use when given none.
+
+Set it with :func:`configure` (a cache object or a URL) or the ``NBCACHE_URL`` environment
+variable, read at first use. With neither, an in-process :class:`~nbcache.SimpleCache`.
+
+URLs::
+
+    simple://                                   in-process
+        query: threshold, max_bytes, default_timeout
+    memcached://127.0.0.1:11211                 one server
+    memcached://127.0.0.1:11211,127.0.0.1:11212 several (consistent hashing)
+        query: key_prefix, default_timeout, timeout, connect_timeout
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from urllib.parse import parse_qsl, urlsplit
+
+from .cache import Cache
+from .exceptions import ConfigurationError
+
+ENV_VAR = "NBCACHE_URL"
+_lock = threading.Lock()
+_default: Cache | None = None
+
+_SIMPLE_OPTIONS = {"threshold": int, "max_bytes": int, "default_timeout": float}
+_MEMCACHED_OPTIONS = {
+    "key_prefix": str,
+    "default_timeout": float,
+    "timeout": float,
+    "connect_timeout": float,
+}
+
+
+def configure(cache: Cache | str | None = None) -> Cache:
+    """Set the default cache from a cache object or a URL; None goes back to the environment."""
+    global _default
+    with _lock:
+        _default = None if cache is None else cache_from(cache)
+    return get_cache()
+
+
+def get_cache() -> Cache:
+    """The default cache, made on first use from ``NBCACHE_URL`` or in-process."""
+    global _default
+    with _lock:
+        if _default is None:
+            _default = cache_from(os.environ.get(ENV_VAR) or "simple://")
+        return _default
+
+
+def cache_from(spec: Cache | str) -> Cache:
+    """A cache from a cache object (returned as is) or a URL."""
+    if isinstance(spec, Cache):
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigurationError(
+            f"expected a cache object or a URL string, got {type(spec).__name__}"
+        )
+    parts = urlsplit(spec.strip())
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if parts.scheme == "simple":
+        from .caches import SimpleCache
+
+        return SimpleCache(**_typed(spec, options, _SIMPLE_OPTIONS))  # type: ignore[arg-type]
+    if parts.scheme == "memcached":
+        from .caches import MemcachedCache
+
+        servers = [server.strip() for server in parts.netloc.split(",") if server.strip()]
+        if not servers:
+            raise ConfigurationError(
+                f"no server in {spec!r}; write memcached://HOST:PORT[,HOST:PORT...]"
+            )
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigurationError(
+                    f"server {server!r} in {spec!r} is not HOST:PORT, e.g. 127.0.0.1:11211"
+                )
+        return MemcachedCache(servers, **_typed(spec, options, _MEMCACHED_OPTIONS))  # type: ignore[arg-type]
+    raise ConfigurationError(
+        f"unknown cache URL {spec!r}: use simple:// or memcached://HOST:PORT[,HOST:PORT...]"
+    )
+
+
+def _typed(spec: str, options: dict[str, str], known: dict[str, type]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for name, text in options.items():
+        if name not in known:
+            raise ConfigurationError(
+                f"unknown option {name!r} in {spec!r}; known: {', '.join(sorted(known))}"
+            )
+        try:
+            result[name] = known[name](text)
+        except ValueError:
+            raise ConfigurationError(
+                f"option {name}={text!r} in {spec!r} is not a valid {known[name].__name__}"
+            ) from None
+    return result
