@@ -1,0 +1,170 @@
+"""One namespace on a shared store, cleared in O(1) by a random generation token.
+
+A memcached server is shared by every kernel, user and cache that reaches it, so clearing a
+cache must never ``flush_all``. Instead each namespace keeps a *generation*: a random 8-byte
+token under its own key. Every value is stored prefixed with the generation it was written
+under, and a value whose prefix is not the current generation is a miss. ``clear()`` writes a
+new random generation: every older entry becomes a miss at once, for every process, and is
+left to expire or be evicted.
+
+The token is random, not a counter: if the generation key is evicted and a counter restarted
+at 0, entries written before an earlier clear could come back to life. A missing generation
+key means "everything is a miss"; the next write creates a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue
+
+ReadValue = bytes | bytearray | memoryview
+
+GENERATION_BYTES = 8
+#: Attempts to create-or-read the generation before a write gives up (each is a round trip;
+#: more than one is needed only if the key is evicted again between ``add`` and ``get``).
+_GENERATION_ATTEMPTS = 3
+
+
+class NamespacedStore:
+    """A :class:`~nbcache.api.ByteStore` keeping its keys under ``namespace`` in ``inner``.
+
+    Keys of different namespaces never collide, whatever characters the namespace holds (it
+    is length-prefixed). Reads fetch the generation together with the values, in one
+    ``inner.get_many``, so a clear by another process is seen at the next read. Writes read
+    the generation first (one more small round trip).
+
+    :meth:`add` stores when the key holds only an entry of an older generation. :meth:`delete`
+    returns True only if a current-generation value was removed. Faults of ``inner``
+    (:class:`~nbcache.exceptions.StoreFault`) propagate unchanged. Thread-safe if ``inner`` is.
+    """
+
+    def __init__(self, inner: ByteStore, namespace: str) -> None:
+        self.inner = inner
+        self.namespace = namespace
+        self._prefix = f"{len(namespace)}:{namespace}:"
+        # '#' where data keys have ':' after the namespace: no data key equals it.
+        self.generation_key = f"{len(namespace)}:{namespace}#generation"
+
+    @property
+    def max_item_size(self) -> int | None:
+        """The inner store's item limit less the generation prefix; None if it has none."""
+        inner_limit = getattr(self.inner, "max_item_size", None)
+        return None if inner_limit is None else int(inner_limit) - GENERATION_BYTES
+
+    def inner_key(self, key: str) -> str:
+        """The key under which ``key`` of this namespace lives in ``inner``."""
+        return self._prefix + key
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, key: str) -> ReadValue | NoValue:
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: Sequence[str]) -> list[ReadValue | NoValue]:
+        """Values in the order of ``keys``, read with the generation in one round trip."""
+        generation, *records = self.inner.get_many(
+            [self.generation_key, *(self._prefix + key for key in keys)]
+        )
+        if isinstance(generation, NoValue):
+            return [NO_VALUE] * len(keys)
+        current = bytes(generation)
+        return [self._current_value(record, current) for record in records]
+
+    def gets(self, key: str) -> tuple[ReadValue | NoValue, CasToken | None]:
+        """The value and a token for :meth:`cas`; ``(NO_VALUE, None)`` for a stale entry."""
+        generation = self.inner.get(self.generation_key)
+        if isinstance(generation, NoValue):
+            return NO_VALUE, None
+        current = bytes(generation)
+        record, token = self.inner.gets(self._prefix + key)
+        value = self._current_value(record, current)
+        if isinstance(value, NoValue) or token is None:
+            return NO_VALUE, None
+        # The token remembers the generation, so cas writes under the one gets saw.
+        return value, CasToken((current, token))
+
+    @staticmethod
+    def _current_value(record: ReadValue | NoValue, generation: bytes) -> ReadValue | NoValue:
+        if isinstance(record, NoValue):
+            return NO_VALUE
+        view = memoryview(record)
+        if view.nbytes < GENERATION_BYTES or view[:GENERATION_BYTES] != generation:
+            return NO_VALUE
+        return view[GENERATION_BYTES:]
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def current_generation(self) -> bytes | None:
+        """The generation new writes go under, created if missing; None if it cannot be had."""
+        for _ in range(_GENERATION_ATTEMPTS):
+            generation = self.inner.get(self.generation_key)
+            if not isinstance(generation, NoValue):
+                return bytes(generation)
+            fresh = os.urandom(GENERATION_BYTES)
+            if self.inner.add(self.generation_key, [fresh], None):
+                return fresh
+            # Another writer created it first: read theirs.
+        return None
+
+    def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
+        generation = self.current_generation()
+        if generation is None:
+            return False
+        return self.inner.set(self._prefix + key, [generation, *value], ttl)
+
+    def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
+        """Store only if ``key`` holds no current-generation value."""
+        generation = self.current_generation()
+        if generation is None:
+            return False
+        inner_key = self._prefix + key
+        record: list[Buffer] = [generation, *value]
+        if self.inner.add(inner_key, record, ttl):
+            return True
+        existing, token = self.inner.gets(inner_key)
+        if isinstance(existing, NoValue) or token is None:
+            # Gone between add and gets (expired, deleted): one more try.
+            return self.inner.add(inner_key, record, ttl)
+        if not isinstance(self._current_value(existing, generation), NoValue):
+            return False
+        # Only a stale entry is there: replace it, unless someone changes it first.
+        return self.inner.cas(inner_key, record, ttl, token)
+
+    def cas(self, key: str, value: Sequence[Buffer], ttl: float | None, token: CasToken) -> bool:
+        """Store only if ``key`` is unchanged since :meth:`gets` gave ``token``.
+
+        The value goes under the generation :meth:`gets` saw: if the namespace was cleared
+        in between, the write is as if it happened before the clear (a miss afterwards).
+        """
+        saved = token.value
+        if not (
+            isinstance(saved, tuple)
+            and len(saved) == 2
+            and isinstance(saved[0], bytes)
+            and isinstance(saved[1], CasToken)
+        ):
+            raise TypeError(f"cas needs a token from NamespacedStore.gets, got {token!r}")
+        generation, inner_token = saved
+        return self.inner.cas(self._prefix + key, [generation, *value], ttl, inner_token)
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; True only if it held a current-generation value."""
+        inner_key = self._prefix + key
+        generation, record = self.inner.get_many([self.generation_key, inner_key])
+        if isinstance(record, NoValue):
+            return False
+        live = not isinstance(generation, NoValue) and not isinstance(
+            self._current_value(record, bytes(generation)), NoValue
+        )
+        # A stale entry is deleted too: it only takes room.
+        deleted = self.inner.delete(inner_key)
+        return deleted and live
+
+    def clear(self) -> bool:
+        """Forget every key of this namespace (only), for every process, in one write."""
+        return self.inner.set(self.generation_key, [os.urandom(GENERATION_BYTES)], None)
+
+    def close(self) -> None:
+        self.inner.close()
