@@ -1,0 +1,1 @@
+"""Byte stores: where cache entries live (in process, memcached) and the layers that wrap them."""

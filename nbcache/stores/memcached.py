@@ -1,0 +1,458 @@
+"""A byte store on one or more memcached servers, through pymemcache.
+
+What it guarantees, and why each point matters for a cache shared by notebooks:
+
+* Thread-safe: each server has a pool of connections; a thread takes one for a call, so
+  replies never cross between threads (a plain pymemcache ``Client`` shared by threads does).
+* Every write waits for the server's answer (``noreply`` off), so a refused write (a value
+  over the item limit, say) returns ``False`` instead of pretending it was stored.
+* Keys of any text map to valid memcached keys (:mod:`nbcache.stores.memcached_keys`).
+* Several servers share keys by rendezvous hashing. A dead server's keys are never moved to
+  another server: its reads fail, its writes fail, and when it comes back it holds no value
+  that a newer write elsewhere would have to beat.
+* Faults raise :class:`~nbcache.exceptions.StoreFault`, never a socket or pymemcache error.
+  A per-server :class:`~nbcache.stores.breaker.CircuitBreaker` makes calls to a dead server
+  fail in microseconds during a cool-down, then lets one trial call through; one WARNING on
+  this module's logger per outage, one INFO when the server is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from nbcache.api import NO_VALUE, Buffer, CasToken, NoValue, join
+from nbcache.exceptions import ConfigurationError, StoreFault
+from nbcache.stores.breaker import CircuitBreaker
+from nbcache.stores.memcached_keys import memcached_key
+
+if TYPE_CHECKING:
+    import ssl
+
+    from pymemcache.client.base import Client
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Value = bytes | bytearray | memoryview | NoValue
+
+DEFAULT_PORT: Final = 11211
+#: memcached reads an expiry above 30 days as an absolute unix time.
+MAX_RELATIVE_EXPIRY: Final = 30 * 24 * 3600
+#: memcached's stock item limit (``-I``), assumed when a server cannot tell.
+DEFAULT_ITEM_SIZE_MAX: Final = 1024 * 1024
+#: Room an item needs besides its value: header, key (<= 250 bytes), CAS, line endings.
+ITEM_OVERHEAD: Final = 512
+
+
+def memcached_expiry(ttl: float | None, now: float | None = None) -> int:
+    """memcached's ``exptime`` for a ttl in seconds: 0 for ``None`` (never expires).
+
+    A positive ttl is rounded up to whole seconds, so it never becomes 0 ("never"). Beyond
+    30 days memcached takes the number as an absolute unix time, so such ttls are sent as
+    ``int(now) + ttl`` (``now`` defaults to ``time.time()``).
+    """
+    if ttl is None:
+        return 0
+    if not ttl > 0:
+        raise ValueError(f"a store ttl is None or positive seconds, got {ttl!r}")
+    seconds = math.ceil(ttl)
+    if seconds > MAX_RELATIVE_EXPIRY:
+        return int(time.time() if now is None else now) + seconds
+    return seconds
+
+
+def parse_server(address: str) -> tuple[str, int] | str:
+    """``host:port`` (port defaults to 11211), ``[ipv6]:port``, or a unix socket path
+    (``unix:/path`` or ``/path``) as pymemcache wants it."""
+    address = address.strip()
+    if address.startswith("unix:"):
+        return address[len("unix:") :]
+    if address.startswith("/"):
+        return address
+    host, port = address, str(DEFAULT_PORT)
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        if rest:
+            port = rest.removeprefix(":")
+    elif address.count(":") == 1:
+        host, port = address.split(":")
+    if not host or not port.isdigit():
+        raise ConfigurationError(
+            f"bad memcached server {address!r}: write host:port, e.g. 127.0.0.1:11211"
+        )
+    return host, int(port)
+
+
+class _Refused(StoreFault):
+    """The server answered but would not store the value (too large, out of memory)."""
+
+
+class ServerConnection:
+    """One memcached server: a pool of pymemcache clients behind a circuit breaker."""
+
+    def __init__(
+        self,
+        address: str,
+        new_client: Callable[[], Client],
+        max_idle: int,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self.address = address
+        self.breaker = breaker
+        self._new_client = new_client
+        self._max_idle = max_idle
+        self._idle: list[Client] = []
+        self._lock = threading.Lock()
+        self._last_error = ""
+        # A store dropped without close() still closes its sockets (no ResourceWarning).
+        weakref.finalize(self, _close_all, self._idle)
+
+    def run(self, operation: Callable[[Client], T]) -> T:
+        """``operation`` on a pooled client, guarded by the breaker.
+
+        Raises :class:`StoreFault` when the server is unreachable, times out, or the breaker
+        is open; ``_Refused`` when the server answered with a SERVER_ERROR.
+        """
+        from pymemcache.exceptions import MemcacheServerError
+
+        if not self.breaker.allow():
+            raise StoreFault(
+                f"memcached server {self.address} is unavailable ({self._last_error}); "
+                f"next try in {self.breaker.retry_in():.1f} s"
+            )
+        try:
+            result = self._run_on_pool(operation)
+        except BaseException as error:
+            reachable = self._answered(error)
+            if reachable is None:
+                # Says nothing about the server (a bug, an interrupt): re-arm a pending trial.
+                self.breaker.abandoned()
+                raise
+            self._record(reachable, error)
+            if reachable and isinstance(error, MemcacheServerError):
+                raise _Refused(f"memcached server {self.address} refused: {error}") from error
+            raise StoreFault(
+                f"memcached server {self.address} failed: {_describe(error)}"
+            ) from error
+        self._record(True, None)
+        return result
+
+    def _answered(self, error: BaseException) -> bool | None:
+        """True if the server answered (refusal, bad request), False if it could not be
+        reached, None for errors that say nothing about the server."""
+        from pymemcache.exceptions import (
+            MemcacheClientError,
+            MemcacheError,
+            MemcacheServerError,
+            MemcacheUnexpectedCloseError,
+        )
+
+        if isinstance(error, MemcacheUnexpectedCloseError):
+            return False
+        if isinstance(error, (MemcacheServerError, MemcacheClientError)):
+            return True
+        if isinstance(error, (OSError, MemcacheError)):
+            return False  # refused, reset, timed out, TLS failure, or a garbled reply
+        return None
+
+    def _run_on_pool(self, operation: Callable[[Client], T]) -> T:
+        from pymemcache.exceptions import MemcacheUnexpectedCloseError
+
+        client = self._checkout()
+        reused = client.sock is not None
+        try:
+            result = operation(client)
+        except (MemcacheUnexpectedCloseError, ConnectionError) as error:
+            client.close()
+            if not reused:
+                raise
+            # A pooled connection found closed: the server restarted since it was last used.
+            # Every idle connection is as stale; retry once on a fresh one.
+            logger.debug("stale connection to %s (%s); reconnecting", self.address, error)
+            self.drop_idle()
+            client = self._new_client()
+            try:
+                result = operation(client)
+            except BaseException:
+                client.close()
+                raise
+        except BaseException:
+            client.close()
+            raise
+        self._checkin(client)
+        return result
+
+    def _record(self, reachable: bool, error: BaseException | None) -> None:
+        if reachable:
+            if self.breaker.succeeded():
+                logger.info("memcached server %s is back", self.address)
+            return
+        assert error is not None
+        self._last_error = _describe(error)
+        self.drop_idle()
+        if self.breaker.failed():
+            logger.warning(
+                "memcached server %s failed (%s): its keys read as misses and writes to them "
+                "fail until it answers again; retrying in %.0f s",
+                self.address,
+                self._last_error,
+                self.breaker.cooldown,
+            )
+
+    def _checkout(self) -> Client:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._new_client()
+
+    def _checkin(self, client: Client) -> None:
+        with self._lock:
+            if len(self._idle) < self._max_idle:
+                self._idle.append(client)
+                return
+        client.close()
+
+    def drop_idle(self) -> None:
+        """Close every idle connection (calls in progress keep theirs)."""
+        with self._lock:
+            idle = self._idle.copy()
+            self._idle.clear()
+        _close_all(idle)
+
+
+def _close_all(clients: list[Client]) -> None:
+    for client in clients:
+        client.close()
+
+
+def _get_many_of(names: list[bytes]) -> Callable[[Client], dict[bytes, Any]]:
+    def get_many(client: Client) -> dict[bytes, Any]:
+        return client.get_many(names)  # type: ignore[no-any-return]
+
+    return get_many
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class MemcachedStore:
+    """A :class:`~nbcache.api.ByteStore` on memcached servers (``"host:port"`` strings).
+
+    ``connect_timeout`` and ``timeout`` (seconds) bound every connect and every socket
+    operation, so a hung server costs at most about ``timeout`` per call. ``max_pool_size``
+    is the number of idle connections kept per server (more threads still work; the extra
+    connections close after use). ``key_prefix`` is prepended to every key before it is
+    mapped. ``tls_context`` (an ``ssl.SSLContext``) turns on TLS. ``breaker_cooldown`` and
+    ``breaker_max_cooldown`` shape each server's circuit breaker.
+
+    Faults raise :class:`~nbcache.exceptions.StoreFault` (``get_many`` returns misses for a
+    failed server's keys when another server answered). :meth:`clear` is not available: wrap
+    the store in a namespaced store for that.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[str] = ("127.0.0.1:11211",),
+        *,
+        connect_timeout: float = 0.5,
+        timeout: float = 2.0,
+        max_pool_size: int = 16,
+        key_prefix: str = "",
+        tls_context: ssl.SSLContext | None = None,
+        breaker_cooldown: float = 1.0,
+        breaker_max_cooldown: float = 8.0,
+    ) -> None:
+        from pymemcache.client.base import Client
+        from pymemcache.client.rendezvous import RendezvousHash
+
+        if isinstance(servers, str):
+            servers = servers.split(",")
+        addresses = [address.strip() for address in servers]
+        if not addresses or len(set(addresses)) != len(addresses):
+            raise ConfigurationError(
+                f"memcached servers must be a non-empty list without repeats, got {servers!r}"
+            )
+        self.key_prefix = key_prefix
+        self.timeout = timeout
+        self._servers: dict[str, ServerConnection] = {}
+        for address in addresses:
+            spec = parse_server(address)
+
+            def new_client(spec: tuple[str, int] | str = spec) -> Client:
+                return Client(
+                    spec,
+                    connect_timeout=connect_timeout,
+                    timeout=timeout,
+                    no_delay=True,
+                    default_noreply=False,
+                    tls_context=tls_context,
+                )
+
+            self._servers[address] = ServerConnection(
+                address,
+                new_client,
+                max_pool_size,
+                CircuitBreaker(breaker_cooldown, breaker_max_cooldown),
+            )
+        self._only = self._servers[addresses[0]] if len(addresses) == 1 else None
+        self._ring = RendezvousHash(nodes=list(addresses))
+        self._max_item_size: int | None = None
+
+    @property
+    def servers(self) -> dict[str, ServerConnection]:
+        """The servers by address (each has ``.breaker``)."""
+        return dict(self._servers)
+
+    def server_for(self, key: str) -> str:
+        """The address of the server that holds ``key``, whether or not it is up."""
+        return self._server(self._map(key)).address
+
+    def _map(self, key: str) -> str:
+        return memcached_key(key, self.key_prefix)
+
+    def _server(self, mapped: str) -> ServerConnection:
+        if self._only is not None:
+            return self._only
+        return self._servers[self._ring.get_node(mapped)]
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get(self, key: str) -> Value:
+        mapped = self._map(key)
+        name = mapped.encode("ascii")
+        value = self._read(mapped, lambda client: client.get(name))
+        return NO_VALUE if value is None else value
+
+    def get_many(self, keys: Sequence[str]) -> list[Value]:
+        """Values in the order of ``keys``; one round trip per server involved.
+
+        A server that fails gives misses for its keys; StoreFault is raised only when no
+        server involved answered.
+        """
+        names = [self._map(key).encode("ascii") for key in keys]
+        by_server: dict[ServerConnection, list[bytes]] = {}
+        for name in names:
+            by_server.setdefault(self._server(name.decode("ascii")), []).append(name)
+        found: dict[bytes, Any] = {}
+        faults: list[StoreFault] = []
+        for server, server_names in by_server.items():
+            try:
+                found.update(server.run(_get_many_of(server_names)))
+            except StoreFault as fault:
+                faults.append(fault)
+        if faults and len(faults) == len(by_server):
+            raise faults[0]
+        return [found.get(name, NO_VALUE) for name in names]
+
+    def gets(self, key: str) -> tuple[Value, CasToken | None]:
+        mapped = self._map(key)
+        name = mapped.encode("ascii")
+        value, cas = self._read(mapped, lambda client: client.gets(name))
+        if value is None:
+            return NO_VALUE, None
+        return value, CasToken(cas)
+
+    def _read(self, mapped: str, operation: Callable[[Client], T]) -> T:
+        try:
+            return self._server(mapped).run(operation)
+        except _Refused as error:
+            raise StoreFault(str(error)) from error
+
+    # -- writes -----------------------------------------------------------------------
+
+    def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
+        return self._store("set", key, value, ttl)
+
+    def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
+        return self._store("add", key, value, ttl)
+
+    def cas(self, key: str, value: Sequence[Buffer], ttl: float | None, token: CasToken) -> bool:
+        if not isinstance(token, CasToken) or not isinstance(token.value, bytes):
+            raise TypeError(f"cas needs the token gets() returned, got {token!r}")
+        return self._store("cas", key, value, ttl, token.value)
+
+    def _store(
+        self,
+        command: str,
+        key: str,
+        value: Sequence[Buffer],
+        ttl: float | None,
+        cas: bytes | None = None,
+    ) -> bool:
+        mapped = self._map(key)
+        name = mapped.encode("ascii")
+        expire = memcached_expiry(ttl)
+        # pymemcache builds the command line around one bytes object (a memoryview would be
+        # sent as its repr), so the buffers are joined once here.
+        data = join(value)
+
+        def write(client: Client) -> object:
+            if command == "cas":
+                return client.cas(name, data, cas, expire=expire, noreply=False)
+            method = client.set if command == "set" else client.add
+            return method(name, data, expire=expire, noreply=False)
+
+        try:
+            return self._server(mapped).run(write) is True
+        except _Refused as error:
+            logger.debug("%s", error)
+            return False
+
+    def delete(self, key: str) -> bool:
+        mapped = self._map(key)
+        name = mapped.encode("ascii")
+        return self._read(mapped, lambda client: client.delete(name, noreply=False)) is True
+
+    def clear(self) -> bool:
+        """Not available: memcached is shared, and this store never flushes a server.
+
+        Wrap the store in ``nbcache.stores.namespace.NamespacedStore``, whose ``clear()``
+        forgets exactly its own keys.
+        """
+        raise NotImplementedError(
+            "MemcachedStore has no namespace of its own and never runs flush_all on a shared "
+            "server; wrap it in nbcache.stores.namespace.NamespacedStore, which provides clear()"
+        )
+
+    def close(self) -> None:
+        """Close idle connections; the store stays usable and reconnects on demand."""
+        for server in self._servers.values():
+            server.drop_idle()
+
+    # -- limits -----------------------------------------------------------------------
+
+    @property
+    def max_item_size(self) -> int:
+        """The smallest ``item_size_max`` among the servers (``-I``), 1 MiB when unknown.
+
+        Read once; a server that cannot be asked counts as 1 MiB, and the question is asked
+        again next time until every server has answered.
+        """
+        if self._max_item_size is not None:
+            return self._max_item_size
+        sizes = []
+        known = True
+        for server in self._servers.values():
+            try:
+                settings = server.run(lambda client: client.stats("settings"))
+                sizes.append(int(settings[b"item_size_max"]))
+            except (StoreFault, KeyError, ValueError):
+                known = False
+                sizes.append(DEFAULT_ITEM_SIZE_MAX)
+        size = min(sizes)
+        if known:
+            self._max_item_size = size
+        return size
+
+    @property
+    def max_value_size(self) -> int:
+        """The largest value every server stores: ``max_item_size`` less the item overhead."""
+        return self.max_item_size - ITEM_OVERHEAD
