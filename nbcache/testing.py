@@ -1,0 +1,169 @@
+"""A private memcached server for tests and benchmarks: started on a free 127.0.0.1 port, controlled by PID.
+
+Tests kill it, pause it (SIGSTOP), resume it and restart it on the same port to exercise
+faults. Only the process this object started is ever signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+
+def memcached_binary() -> str:
+    """The memcached executable; fails with what to do when it is missing."""
+    path = os.environ.get("NBCACHE_TEST_MEMCACHED") or shutil.which("memcached")
+    if path is None:
+        for candidate in ("/usr/bin/memcached", "/usr/local/bin/memcached"):
+            if os.path.exists(candidate):
+                return candidate
+        raise RuntimeError(
+            "memcached is not installed, and these tests need a real server. Install it with "
+            "'apt-get install memcached' (scripts/test.sh does this), or point "
+            "NBCACHE_TEST_MEMCACHED at the binary."
+        )
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MemcachedServer:
+    """One memcached process of our own on 127.0.0.1."""
+
+    def __init__(self, memory_mb: int = 64, item_size: str | None = None) -> None:
+        self.memory_mb = memory_mb
+        self.item_size = item_size
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.paused = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"memcached://{self.address}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "server is not running"
+        return self.process.pid
+
+    def start(self) -> MemcachedServer:
+        args = [
+            memcached_binary(),
+            "-l",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "0",
+            "-m",
+            str(self.memory_mb),
+            "-t",
+            "2",
+        ]
+        if self.item_size:
+            args += ["-I", self.item_size]
+        if os.geteuid() == 0:
+            args += ["-u", "root"]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        self._wait_until_listening()
+        return self
+
+    def _wait_until_listening(self, timeout: float = 10.0) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                if "Address already in use" in err or "bind" in err:
+                    # Another process took the port between free_port() and exec: pick again.
+                    self.port = free_port()
+                    self.start()
+                    return
+                raise RuntimeError(f"memcached exited with {self.process.returncode}: {err}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"version\r\n")
+                    if sock.recv(64).startswith(b"VERSION"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"memcached on port {self.port} did not start in {timeout} s")
+
+    def stop(self) -> None:
+        """Stop our process (resuming it first if paused) and reap it."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            if self.paused:
+                os.kill(self.process.pid, signal.SIGCONT)
+            # A test server keeps nothing worth a graceful shutdown (which takes memcached ~1 s).
+            self.process.kill()
+            self.process.wait(5)
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+        self.paused = False
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes mid-session, as after a crash."""
+        if self.process is not None and self.process.poll() is None:
+            if self.paused:
+                os.kill(self.process.pid, signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(5)
+        self.stop()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server accepts connections but never answers."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+        self.paused = False
+
+    def restart(self) -> None:
+        """Stop and start again on the same port, empty."""
+        self.stop()
+        self.start()
+
+    def command(self, line: bytes) -> bytes:
+        """Send one raw text-protocol command and return the raw reply (for tests)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(line + b"\r\n")
+            reply = b""
+            # A retrieval reply ends with END; every other reply is one line.
+            while not (
+                reply.endswith(b"END\r\n")
+                or (reply.endswith(b"\r\n") and not reply.startswith(b"VALUE"))
+            ):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply
+
+    def flush_all(self) -> None:
+        """Someone else flushes the whole server."""
+        assert self.command(b"flush_all").startswith(b"OK")
+
+    def __enter__(self) -> MemcachedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
