@@ -1,4 +1,4 @@
-"""A private memcached server for tests and benchmarks: started on a free 127.0.0.1 port, controlled by PID.
+"""Private memcached servers for tests and benchmarks: free 127.0.0.1 ports, run by PID.
 
 Tests kill it, pause it (SIGSTOP), resume it and restart it on the same port to exercise
 faults. Only the process this object started is ever signalled.
