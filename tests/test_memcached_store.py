@@ -21,6 +21,7 @@ from nbcache.stores.memcached import (
     MemcachedStore,
     memcached_expiry,
     parse_server,
+    rendezvous_owner,
 )
 from nbcache.stores.memcached_keys import (
     HASHED_MARKER,
@@ -336,6 +337,17 @@ def test_keys_spread_over_servers_and_read_back(
         for server in servers:
             held = server.command(b"get " + mapped).startswith(b"VALUE")
             assert held == (server.address == store.server_for(key))
+
+
+def test_rendezvous_moves_only_the_keys_of_a_removed_server() -> None:
+    seeds = [f"10.0.0.{n}:11211".encode() + b"\0" for n in range(4)]
+    keys = [f"k:{i}" for i in range(2000)]
+    before = {key: rendezvous_owner(seeds, key) for key in keys}
+    assert len(set(before.values())) == 4
+    assert before == {key: rendezvous_owner(seeds[::-1], key) for key in keys}
+    after = {key: rendezvous_owner(seeds[1:], key) for key in keys}
+    moved = {key for key in keys if before[key] != after[key]}
+    assert moved == {key for key in keys if before[key] == "10.0.0.0:11211"}
 
 
 def test_a_new_store_maps_keys_the_same_way(

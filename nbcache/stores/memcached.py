@@ -18,6 +18,7 @@ What it guarantees, and why each point matters for a cache shared by notebooks:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -87,6 +88,19 @@ def parse_server(address: str) -> tuple[str, int] | str:
             f"bad memcached server {address!r}: write host:port, e.g. 127.0.0.1:11211"
         )
     return host, int(port)
+
+
+def rendezvous_owner(seeds: list[bytes], key: str) -> str:
+    """The server that owns ``key`` by rendezvous (highest random weight) hashing.
+
+    ``seeds`` are the server addresses, encoded, each followed by a NUL. Each server scores
+    the key; the highest score wins. Removing or adding a server moves only the keys it
+    owns, and every process computes the same owner. BLAKE2b runs in C, ~20x faster per key
+    than pymemcache's pure-Python murmur3.
+    """
+    name = key.encode()
+    best = max(seeds, key=lambda seed: hashlib.blake2b(seed + name, digest_size=8).digest())
+    return best[:-1].decode()
 
 
 class _Refused(StoreFault):
@@ -199,7 +213,7 @@ class ServerConnection:
         if self.breaker.failed():
             logger.warning(
                 "memcached server %s failed (%s): its keys read as misses and writes to them "
-                "fail until it answers again; retrying in %.0f s",
+                "fail until it answers again; retrying in %.1f s",
                 self.address,
                 self._last_error,
                 self.breaker.cooldown,
@@ -271,7 +285,6 @@ class MemcachedStore:
         breaker_max_cooldown: float = 8.0,
     ) -> None:
         from pymemcache.client.base import Client
-        from pymemcache.client.rendezvous import RendezvousHash
 
         if isinstance(servers, str):
             servers = servers.split(",")
@@ -303,7 +316,7 @@ class MemcachedStore:
                 CircuitBreaker(breaker_cooldown, breaker_max_cooldown),
             )
         self._only = self._servers[addresses[0]] if len(addresses) == 1 else None
-        self._ring = RendezvousHash(nodes=list(addresses))
+        self._seeds = [address.encode() + b"\0" for address in addresses]
         self._max_item_size: int | None = None
 
     @property
@@ -321,7 +334,7 @@ class MemcachedStore:
     def _server(self, mapped: str) -> ServerConnection:
         if self._only is not None:
             return self._only
-        return self._servers[self._ring.get_node(mapped)]
+        return self._servers[rendezvous_owner(self._seeds, mapped)]
 
     # -- reads ------------------------------------------------------------------------
 
