@@ -42,3 +42,21 @@ class EntryRefused(NbcacheError):
 
 class StoreFault(NbcacheError):
     """A store could not do what was asked (server down, timed out, refused a write)."""
+
+
+class UnhashableValue(NbcacheError, TypeError):
+    """A value has no meaningful digest, so a key cannot be built from it.
+
+    ``type_name`` names the type that could not be digested (an open file, a lock, a
+    generator, anything whose pickling fails); ``reason`` says why. The message suggests
+    ``ignore=`` or :func:`nbcache.tokenize.register_token`.
+    """
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.type_name = type_name
+        self.reason = reason
+        super().__init__(
+            f"cannot digest a value of type {type_name}: {reason}. Leave the argument out of "
+            f"the key with ignore=(...), or teach nbcache its content with "
+            f"nbcache.tokenize.register_token({type_name.rpartition('.')[2]}, fn)."
+        )

@@ -1,0 +1,374 @@
+"""Code fingerprints: a digest of what a function does, not of where or how it was written.
+
+A function's fingerprint covers
+
+* its code objects: bytecode, constants (nested code objects too), names, argument layout and
+  flags, but not line numbers, file names or its docstring, so comments, blank lines and
+  formatting do not change it, and the same function defined in two kernels (different cell
+  numbers, ``<ipython-input-..>`` or ``/tmp/ipykernel_../..py`` file names) fingerprints the
+  same;
+* its defaults, keyword defaults and closure cell values, by :func:`nbcache.tokenize.value_digest`;
+* the functions and classes it references by global name that are defined in the notebook or in
+  the user's own modules (not the standard library, not site-packages), recursively with a cycle
+  guard, so editing a helper changes the fingerprint of every caller;
+* modules it references, by name and ``__version__``, and library functions or classes it
+  references, by name and their package's version.
+
+Global values that are not functions, classes or modules (a DataFrame, a threshold) are not
+part of a fingerprint: they are inputs, which the decorator and the cell magic key on
+separately. The Python version is part of it, because bytecode differs between versions.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import site
+import sys
+import sysconfig
+import threading
+import types
+from collections.abc import Iterator
+from typing import Any
+
+from nbcache.exceptions import UnhashableValue
+from nbcache.tokenize import value_digest
+from nbcache.tokenize_stdlib import module_version
+
+__all__ = [
+    "class_fingerprint",
+    "code_token",
+    "function_fingerprint",
+    "function_fingerprint_parts",
+    "is_user_module",
+]
+
+_FINGERPRINT_VERSION = "nbcache.fingerprint/1"
+# Class attributes that describe the class rather than what it does.
+_CLASS_BOOKKEEPING = frozenset(
+    {
+        "__dict__",
+        "__doc__",
+        "__module__",
+        "__qualname__",
+        "__weakref__",
+        "__annotations__",
+        "__firstlineno__",
+        "__static_attributes__",
+        "__orig_bases__",
+        "__parameters__",
+        "__dataclass_fields__",
+        "__dataclass_params__",
+        "__match_args__",
+        "_abc_impl",
+    }
+)
+
+# Functions and classes being fingerprinted by this thread: met again, they are a cycle.
+_in_progress = threading.local()
+
+
+class _Unset:
+    """Stands for an empty closure cell (a variable assigned after the inner function)."""
+
+    def __nbcache_token__(self) -> str:
+        return "empty cell"
+
+
+_EMPTY_CELL = _Unset()
+
+
+def function_fingerprint(func: Any) -> str:
+    """The code fingerprint of ``func``: 32 hex characters (see the module docstring).
+
+    Bound methods fingerprint their function (``self`` is a value, not code); classes
+    fingerprint as :func:`class_fingerprint`; functions from libraries by name and package
+    version. Other callables (partials, callable objects) digest by value. Raises
+    :class:`~nbcache.exceptions.UnhashableValue` when a default or closure value has no
+    digest.
+    """
+    if isinstance(func, types.MethodType):
+        func = func.__func__
+    if isinstance(func, type):
+        return class_fingerprint(func)
+    if not isinstance(func, types.FunctionType):
+        return value_digest(func)
+    if not is_user_module(func.__module__):
+        return value_digest(("library function", *_library_identity(func)))
+    with _guard(func) as first_visit:
+        if not first_visit:
+            return value_digest(("recursive reference", func.__qualname__))
+        return value_digest(_function_token(func))
+
+
+def class_fingerprint(cls: type) -> str:
+    """The fingerprint of a class: its bases, methods' fingerprints and class attributes.
+
+    Classes from libraries fingerprint by name and package version. Class attributes that
+    cannot be digested count by their type only.
+    """
+    if not is_user_module(getattr(cls, "__module__", "") or ""):
+        return value_digest(("library class", *_library_identity(cls)))
+    with _guard(cls) as first_visit:
+        if not first_visit:
+            return value_digest(("recursive reference", cls.__qualname__))
+        return value_digest(_class_token(cls))
+
+
+def function_fingerprint_parts(func: Any) -> dict[str, str]:
+    """Each user-defined function or class ``func`` reaches, by name, with its fingerprint.
+
+    Names are the qualified name for notebook code and ``module.qualname`` otherwise; ``func``
+    itself is included. Meant for explaining misses ("helper `clean` was edited").
+    """
+    parts: dict[str, str] = {}
+    pending = [func.__func__ if isinstance(func, types.MethodType) else func]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        parts[_display_name(current)] = function_fingerprint(current)
+        if isinstance(current, types.FunctionType):
+            pending.extend(_user_callees(current))
+        elif isinstance(current, type):
+            pending.extend(_class_callables(current))
+    return parts
+
+
+def code_token(code: types.CodeType, docstring: object = None) -> tuple[object, ...]:
+    """What a code object does, as a digestible tuple, without positions or file names.
+
+    ``docstring``: the function's ``__doc__``; when it is the first constant it is left out.
+    Nested code objects stay code objects in the tuple and digest through this function.
+    """
+    consts = code.co_consts
+    if docstring is not None and consts and consts[0] == docstring:
+        consts = (None, *consts[1:])
+    return (
+        code.co_name,
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        code.co_flags,
+        code.co_code,
+        consts,
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+        getattr(code, "co_exceptiontable", b""),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_library_file(path: str) -> bool:
+    real = os.path.realpath(path)
+    return any(real.startswith(directory) for directory in _library_directories())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_directories() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    candidates = [paths.get(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")]
+    candidates += site.getsitepackages() if hasattr(site, "getsitepackages") else []
+    candidates.append(site.getusersitepackages())
+    return tuple(os.path.realpath(path) + os.sep for path in candidates if path)
+
+
+def is_user_module(module_name: str | None) -> bool:
+    """Whether code from ``module_name`` is the user's own: the notebook or their modules.
+
+    Not user code: the standard library, anything installed in site-packages, and nbcache.
+    Code run in a namespace that is not an imported module (a notebook cell, ``exec``) is.
+    """
+    if not module_name or module_name == "__main__":
+        return True
+    top = module_name.partition(".")[0]
+    if top in sys.stdlib_module_names or top in ("nbcache", "builtins"):
+        return False
+    module = sys.modules.get(module_name)
+    if module is None:
+        return True
+    path = getattr(module, "__file__", None)
+    return not path or not _is_library_file(path)
+
+
+class _guard:
+    """Marks an object as being fingerprinted by this thread; yields False if it already is."""
+
+    def __init__(self, obj: object) -> None:
+        self._key = id(obj)
+        self._first = False
+
+    def __enter__(self) -> bool:
+        active: set[int] | None = getattr(_in_progress, "ids", None)
+        if active is None:
+            active = _in_progress.ids = set()
+        self._first = self._key not in active
+        active.add(self._key)
+        return self._first
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._first:
+            _in_progress.ids.discard(self._key)
+
+
+def _library_identity(obj: Any) -> tuple[str, str, str | None]:
+    module_name = getattr(obj, "__module__", None) or ""
+    module = sys.modules.get(module_name)
+    version = module_version(module) if module is not None else None
+    return module_name, getattr(obj, "__qualname__", repr(obj)), version
+
+
+def _function_token(func: types.FunctionType) -> tuple[object, ...]:
+    closure = func.__closure__ or ()
+    cells = []
+    for name, cell in zip(func.__code__.co_freevars, closure, strict=True):
+        try:
+            contents = cell.cell_contents
+        except ValueError:
+            contents = _EMPTY_CELL
+        cells.append((name, contents))
+    return (
+        _FINGERPRINT_VERSION,
+        sys.implementation.cache_tag,
+        code_token(func.__code__, func.__doc__),
+        func.__defaults__,
+        func.__kwdefaults__,
+        tuple(cells),
+        _global_references(func),
+    )
+
+
+def _all_names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _all_names(const)
+
+
+def _global_references(func: types.FunctionType) -> tuple[tuple[str, object], ...]:
+    """The code-like globals ``func`` names, each as (name, token), sorted by name.
+
+    ``co_names`` also holds attribute names; a global that merely shares a name with an
+    attribute is included too, which can only cause an extra miss, never a wrong hit.
+    """
+    names = sorted(set(_all_names(func.__code__)))
+    namespace = func.__globals__
+    references = []
+    for name in names:
+        if name not in namespace:
+            continue
+        token = _reference_token(namespace[name], names)
+        if token is not None:
+            references.append((name, token))
+    return tuple(references)
+
+
+def _reference_token(value: Any, names: list[str]) -> object:
+    value = _unwrapped(value)
+    if isinstance(value, types.ModuleType):
+        module_name = value.__name__
+        if not is_user_module(module_name):
+            return ("module", module_name, module_version(value))
+        # a user module: the functions and classes the code reaches through it count too
+        members = [
+            (name, _reference_token(getattr(value, name), []))
+            for name in names
+            if _is_code(getattr(value, name, None))
+        ]
+        return ("user module", module_name, tuple(members))
+    if isinstance(value, (types.FunctionType, type)):
+        return ("code", function_fingerprint(value))
+    if isinstance(value, types.BuiltinFunctionType):
+        return ("builtin", *_library_identity(value))
+    return None
+
+
+def _unwrapped(value: Any) -> Any:
+    """The function under decorator wrappers that are not functions (caches, nbcache's own)."""
+    for _ in range(100):
+        if isinstance(value, (types.FunctionType, type, types.ModuleType)):
+            return value
+        inner = getattr(value, "__wrapped__", None)
+        if inner is None or not callable(inner):
+            return value
+        value = inner
+    return value
+
+
+def _is_code(value: object) -> bool:
+    return isinstance(_unwrapped(value), (types.FunctionType, type))
+
+
+def _class_token(cls: type) -> tuple[object, ...]:
+    bases = tuple(class_fingerprint(base) for base in cls.__bases__ if base is not object)
+    attributes: list[tuple[str, object]] = []
+    for name, value in sorted(vars(cls).items()):
+        if name in _CLASS_BOOKKEEPING:
+            continue
+        functions = _attribute_functions(value)
+        if functions is not None:
+            attributes.append((name, tuple(function_fingerprint(f) for f in functions)))
+        elif isinstance(value, type):
+            attributes.append((name, class_fingerprint(value)))
+        elif not (name.startswith("__") and name.endswith("__")):
+            attributes.append((name, _attribute_digest(value)))
+    return (_FINGERPRINT_VERSION, cls.__name__, bases, tuple(attributes))
+
+
+def _attribute_functions(value: object) -> list[Any] | None:
+    """The functions behind a method-like class attribute, or None if it is data."""
+    if isinstance(value, types.FunctionType):
+        return [value]
+    if isinstance(value, (staticmethod, classmethod)):
+        return [value.__func__]
+    if isinstance(value, property):
+        return [f for f in (value.fget, value.fset, value.fdel) if f is not None]
+    inner = getattr(value, "func", None)  # functools.cached_property, partialmethod
+    if isinstance(value, (functools.cached_property, functools.partialmethod)):
+        return [inner]
+    return None
+
+
+def _attribute_digest(value: object) -> str:
+    try:
+        return value_digest(value)
+    except UnhashableValue:
+        # a class-level lock or connection: what it holds is state, not behaviour
+        return value_digest(("unhashable", type(value).__module__, type(value).__qualname__))
+
+
+def _user_callees(func: types.FunctionType) -> Iterator[Any]:
+    namespace = func.__globals__
+    for name in set(_all_names(func.__code__)):
+        value = _unwrapped(namespace.get(name))
+        if isinstance(value, types.ModuleType) and is_user_module(value.__name__):
+            candidates = [_unwrapped(getattr(value, n, None)) for n in _all_names(func.__code__)]
+        else:
+            candidates = [value]
+        for candidate in candidates:
+            if _is_code(candidate) and is_user_module(candidate.__module__):
+                yield candidate
+    for cell in func.__closure__ or ():
+        try:
+            contents = _unwrapped(cell.cell_contents)
+        except ValueError:
+            continue
+        if _is_code(contents) and is_user_module(contents.__module__):
+            yield contents
+
+
+def _class_callables(cls: type) -> Iterator[Any]:
+    for value in vars(cls).values():
+        for function in _attribute_functions(value) or ():
+            if isinstance(function, types.FunctionType):
+                yield from _user_callees(function)
+
+
+def _display_name(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or ""
+    name = getattr(obj, "__qualname__", repr(obj))
+    return name if module == "__main__" else f"{module}.{name}"

@@ -1,0 +1,159 @@
+"""Canonical encodings of pandas objects: what a frame holds, not how it was built.
+
+A DataFrame digests as its column labels, its index, and each column's dtype and values (never
+its block layout), so frames built from a dict, from a 2-D array or by ``concat`` digest equal
+when they are equal, while frames differing only in column names, a dtype or the index differ.
+An Index digests by its values, dtype, names and frequency, not its class: a ``RangeIndex`` and
+the equal int64 ``Index`` digest equal. A MultiIndex digests level values by position, so
+different level/code layouts of equal labels digest equal. ``attrs`` count.
+
+Imported by :mod:`nbcache.tokenize` the first time a pandas value is digested.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from nbcache import tokenize_numpy
+
+if TYPE_CHECKING:
+    from nbcache.tokenize import TokenWriter
+
+
+def _write_values(writer: TokenWriter, values: Any) -> None:
+    """A column's or an index's dtype and values (``values`` is a Series or an Index)."""
+    if isinstance(values.dtype, np.dtype):
+        array = values.to_numpy(copy=False)
+        writer.raw(b"n")
+        tokenize_numpy.write_dtype(writer, array.dtype)
+        writer.count(len(array))
+        tokenize_numpy.write_array_content(writer, array)
+    else:
+        writer.raw(b"e")
+        _extension_array(writer, values.array)
+
+
+def _extension_array(writer: TokenWriter, array: Any) -> None:
+    dtype = array.dtype
+    writer.text(f"{type(dtype).__module__}.{type(dtype).__qualname__}")
+    writer.text(str(dtype))  # the unit, time zone, storage, categories' dtype...
+    writer.count(len(array))
+    if isinstance(array, pd.Categorical):
+        _index(writer, array.categories)
+        writer.value(bool(array.ordered))
+        tokenize_numpy.write_array_content(writer, np.asarray(array.codes))
+    elif hasattr(array, "asi8"):  # datetimes, timedeltas, periods: int64 ticks, NaT included
+        tokenize_numpy.write_array_content(writer, np.asarray(array.asi8))
+    elif hasattr(array, "_data") and hasattr(array, "_mask"):  # nullable Int64, Float64, boolean
+        mask = np.asarray(array._mask, dtype=bool)
+        data = np.asarray(array._data)
+        if mask.any():  # what lies under a missing value is arbitrary: zero it in a copy
+            data = np.where(mask, np.zeros((), dtype=data.dtype), data)
+        tokenize_numpy.write_array_content(writer, mask)
+        tokenize_numpy.write_array_content(writer, data)
+    else:  # strings, intervals, sparse, arrow-backed: element by element
+        tokenize_numpy.write_array_content(writer, np.asarray(array, dtype=object))
+
+
+def _index(writer: TokenWriter, index: Any) -> None:
+    if isinstance(index, pd.MultiIndex):
+        writer.tag("pandas.MultiIndex")
+        writer.value(tuple(index.names))
+        writer.count(index.nlevels)
+        for level in range(index.nlevels):
+            _write_values(writer, index.get_level_values(level))
+        return
+    writer.tag("pandas.Index")
+    writer.value(tuple(index.names))
+    writer.value(getattr(index, "freqstr", None))
+    _write_values(writer, index)
+
+
+def _own_class(writer: TokenWriter, obj: object, base: type) -> None:
+    """Tag a subclass (a GeoDataFrame is not a DataFrame) before the base encoding."""
+    if type(obj) is not base:
+        from nbcache.tokenize import write_type
+
+        writer.raw(b"S")
+        write_type(writer, type(obj))
+
+
+def _series(writer: TokenWriter, series: Any) -> None:
+    _own_class(writer, series, pd.Series)
+    writer.tag("pandas.Series")
+    writer.value(series.name)
+    _index(writer, series.index)
+    _write_values(writer, series)
+    writer.value(dict(series.attrs))
+
+
+def _data_frame(writer: TokenWriter, frame: Any) -> None:
+    _own_class(writer, frame, pd.DataFrame)
+    writer.tag("pandas.DataFrame")
+    _index(writer, frame.columns)
+    _index(writer, frame.index)
+    writer.count(frame.shape[1])
+    for position in range(frame.shape[1]):
+        _write_values(writer, frame.iloc[:, position])
+    writer.value(dict(frame.attrs))
+
+
+def _categorical(writer: TokenWriter, categorical: Any) -> None:
+    writer.tag("pandas.Categorical")
+    _extension_array(writer, categorical)
+
+
+def _any_extension_array(writer: TokenWriter, array: Any) -> None:
+    writer.tag("pandas.ExtensionArray")
+    _extension_array(writer, array)
+
+
+def _timestamp(writer: TokenWriter, stamp: Any) -> None:
+    writer.tag("pandas.Timestamp")
+    writer.value((stamp.value, stamp.unit, None if stamp.tz is None else str(stamp.tz)))
+
+
+def _timedelta(writer: TokenWriter, delta: Any) -> None:
+    writer.tag("pandas.Timedelta")
+    writer.value((delta.value, delta.unit))
+
+
+def _period(writer: TokenWriter, period: Any) -> None:
+    writer.tag("pandas.Period")
+    writer.value((period.ordinal, period.freqstr))
+
+
+def _interval(writer: TokenWriter, interval: Any) -> None:
+    writer.tag("pandas.Interval")
+    writer.value((interval.left, interval.right, interval.closed))
+
+
+def _singleton(name: str) -> Any:
+    def singleton(writer: TokenWriter, value: object) -> None:
+        writer.tag(name)
+
+    return singleton
+
+
+def install_handlers() -> None:
+    """Register the pandas handlers (and numpy's) with :mod:`nbcache.tokenize`."""
+    from nbcache.tokenize import register_handler
+
+    tokenize_numpy.install_handlers()
+    for type_, handler in (
+        (pd.DataFrame, _data_frame),
+        (pd.Series, _series),
+        (pd.Index, _index),
+        (pd.Categorical, _categorical),
+        (pd.api.extensions.ExtensionArray, _any_extension_array),
+        (pd.Timestamp, _timestamp),
+        (pd.Timedelta, _timedelta),
+        (pd.Period, _period),
+        (pd.Interval, _interval),
+        (type(pd.NaT), _singleton("pandas.NaT")),
+        (type(pd.NA), _singleton("pandas.NA")),
+    ):
+        register_handler(type_, handler)

@@ -1,0 +1,275 @@
+"""Canonical encodings of standard-library values: times, paths, numbers, callables, code.
+
+Each handler writes a one-byte tag, then self-delimiting parts (see :mod:`nbcache.tokenize`).
+Functions digest by their code fingerprint (:mod:`nbcache.fingerprint`), so an edited function
+passed as an argument changes the key.
+"""
+
+from __future__ import annotations
+
+import _thread
+import collections
+import collections.abc
+import datetime
+import decimal
+import fractions
+import functools
+import io
+import pathlib
+import pickle
+import re
+import sys
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nbcache.tokenize import Handler, TokenWriter
+
+
+def _tzinfo(writer: TokenWriter, tz: datetime.tzinfo | None, moment: Any) -> None:
+    """A time zone as what it means at ``moment``: its name, offset and DST, plus its key."""
+    if tz is None:
+        writer.raw(b"N")
+        return
+    writer.raw(b"Z")
+    writer.text(type(tz).__module__ + "." + type(tz).__qualname__)
+    writer.value(getattr(tz, "key", None) or getattr(tz, "zone", None))
+    writer.value(tz.utcoffset(moment))
+    writer.value(tz.dst(moment))
+    writer.value(tz.tzname(moment))
+
+
+def _datetime(writer: TokenWriter, value: datetime.datetime) -> None:
+    writer.raw(b"D")
+    for part in (value.year, value.month, value.day, value.hour, value.minute, value.second):
+        writer.value(part)
+    writer.value(value.microsecond)
+    writer.value(value.fold)
+    _tzinfo(writer, value.tzinfo, value)
+
+
+def _date(writer: TokenWriter, value: datetime.date) -> None:
+    writer.raw(b"A")
+    writer.value((value.year, value.month, value.day))
+
+
+def _time(writer: TokenWriter, value: datetime.time) -> None:
+    writer.raw(b"H")
+    writer.value((value.hour, value.minute, value.second, value.microsecond, value.fold))
+    _tzinfo(writer, value.tzinfo, None)
+
+
+def _timedelta(writer: TokenWriter, value: datetime.timedelta) -> None:
+    writer.raw(b"J")
+    writer.value((value.days, value.seconds, value.microseconds))
+
+
+def _timezone(writer: TokenWriter, value: datetime.timezone) -> None:
+    writer.raw(b"K")
+    _tzinfo(writer, value, None)
+
+
+def _path(writer: TokenWriter, value: pathlib.PurePath) -> None:
+    writer.raw(b"P")
+    writer.text(type(value).__qualname__)  # PosixPath and WindowsPath parse differently
+    writer.text(str(value))
+
+
+def _decimal(writer: TokenWriter, value: decimal.Decimal) -> None:
+    # the exact tuple: Decimal("1.0") and Decimal("1.00") print differently
+    sign, digits, exponent = value.as_tuple()
+    writer.raw(b"Q")
+    writer.value((sign, digits, exponent))
+
+
+def _fraction(writer: TokenWriter, value: fractions.Fraction) -> None:
+    writer.raw(b"q")
+    writer.value((value.numerator, value.denominator))
+
+
+def _range(writer: TokenWriter, value: range) -> None:
+    writer.raw(b"r")
+    writer.value((value.start, value.stop, value.step))
+
+
+def _slice(writer: TokenWriter, value: slice) -> None:
+    writer.raw(b"L")
+    writer.value((value.start, value.stop, value.step))
+
+
+def _type(writer: TokenWriter, value: type) -> None:
+    from nbcache.tokenize import write_type
+
+    write_type(writer, value)
+
+
+def _module(writer: TokenWriter, value: types.ModuleType) -> None:
+    writer.raw(b"W")
+    writer.text(value.__name__)
+    writer.value(module_version(value))
+
+
+def module_version(module: types.ModuleType) -> str | None:
+    """The ``__version__`` of a module or of its top-level package, as a string."""
+    version = getattr(module, "__version__", None)
+    if version is None:
+        top = sys.modules.get(module.__name__.partition(".")[0])
+        version = getattr(top, "__version__", None)
+    return None if version is None else str(version)
+
+
+def _function(writer: TokenWriter, value: types.FunctionType) -> None:
+    from nbcache.fingerprint import function_fingerprint
+
+    writer.raw(b"U")
+    writer.text(value.__module__ or "")
+    writer.text(value.__qualname__)
+    writer.raw(bytes.fromhex(function_fingerprint(value)))
+
+
+def _builtin_function(writer: TokenWriter, value: types.BuiltinFunctionType) -> None:
+    owner = value.__self__
+    if owner is None or isinstance(owner, types.ModuleType):
+        writer.raw(b"u")
+        writer.text(value.__module__ or getattr(owner, "__name__", ""))
+    else:  # a bound method of a builtin object: [].append
+        writer.raw(b"v")
+        writer.value(owner)
+    writer.text(value.__qualname__)
+
+
+def _method(writer: TokenWriter, value: types.MethodType) -> None:
+    writer.raw(b"M")
+    writer.value(value.__self__)
+    writer.value(value.__func__)
+
+
+def _wrapped_callable(tag: bytes) -> Handler:
+    def wrapped(writer: TokenWriter, value: Any) -> None:
+        writer.raw(tag)
+        writer.value(value.__func__)
+
+    return wrapped
+
+
+def _partial(writer: TokenWriter, value: functools.partial[Any]) -> None:
+    writer.raw(b"p")
+    writer.value(value.func)
+    writer.value(value.args)
+    writer.value(value.keywords)
+    writer.value(dict(vars(value)))
+
+
+def _code(writer: TokenWriter, value: types.CodeType) -> None:
+    from nbcache.fingerprint import code_token
+
+    writer.raw(b"k")
+    writer.value(code_token(value))
+
+
+def _pattern(writer: TokenWriter, value: re.Pattern[Any]) -> None:
+    writer.raw(b"x")
+    writer.value(value.pattern)
+    writer.value(value.flags)
+
+
+def _pickle_buffer(writer: TokenWriter, value: pickle.PickleBuffer) -> None:
+    view = value.raw()  # the out-of-band buffer as it lies in memory, not copied
+    writer.raw(b"B")
+    writer.sized(view)
+
+
+def _ordered_dict(writer: TokenWriter, value: collections.OrderedDict[Any, Any]) -> None:
+    if not writer.enter(value):
+        return
+    writer.raw(b"o")
+    writer.count(len(value))
+    for key, item in value.items():
+        writer.value(key)
+        writer.value(item)
+    writer.leave(value)
+
+
+def _default_dict(writer: TokenWriter, value: collections.defaultdict[Any, Any]) -> None:
+    writer.raw(b"g")
+    writer.value(value.default_factory)
+    writer.value(dict(value))
+
+
+def _singleton(tag: bytes) -> Handler:
+    def singleton(writer: TokenWriter, value: object) -> None:
+        writer.raw(tag)
+
+    return singleton
+
+
+def install_stdlib_handlers(register: Callable[..., None]) -> None:
+    """Register this module's handlers with :func:`nbcache.tokenize.register_handler`."""
+    for type_, handler in (
+        (datetime.datetime, _datetime),
+        (datetime.date, _date),
+        (datetime.time, _time),
+        (datetime.timedelta, _timedelta),
+        (datetime.timezone, _timezone),
+        (pathlib.PurePath, _path),
+        (decimal.Decimal, _decimal),
+        (fractions.Fraction, _fraction),
+        (range, _range),
+        (slice, _slice),
+        (type, _type),
+        (types.ModuleType, _module),
+        (types.FunctionType, _function),
+        (types.BuiltinFunctionType, _builtin_function),
+        (types.MethodType, _method),
+        (staticmethod, _wrapped_callable(b"h")),
+        (classmethod, _wrapped_callable(b"j")),
+        (functools.partial, _partial),
+        (types.CodeType, _code),
+        (re.Pattern, _pattern),
+        (pickle.PickleBuffer, _pickle_buffer),
+        (collections.OrderedDict, _ordered_dict),
+        (collections.defaultdict, _default_dict),
+        (type(...), _singleton(b".")),
+        (type(NotImplemented), _singleton(b"n")),
+    ):
+        register(type_, handler, builtin=type_ is not type and type_ is not pathlib.PurePath)
+
+
+_LIVE_STATE_TYPES: tuple[tuple[type, str], ...] = (
+    (types.GeneratorType, "it is a generator, consumed as it runs"),
+    (types.CoroutineType, "it is a coroutine, consumed as it runs"),
+    (types.AsyncGeneratorType, "it is an async generator, consumed as it runs"),
+    (io.IOBase, "it is an open file or stream"),
+    (_thread.LockType, "it is a lock"),
+    (_thread.RLock, "it is a lock"),
+    (types.FrameType, "it is a live stack frame"),
+    (types.TracebackType, "it is a traceback of live frames"),
+    (collections.abc.Iterator, "it is an iterator over live state, consumed as it is read"),
+)
+# Types from modules the caller may not have imported: checked by name when present.
+_LIVE_STATE_TYPE_NAMES = (
+    ("socket", "socket", "it is a network socket"),
+    ("threading", "Thread", "it is a thread"),
+    ("threading", "Condition", "it is a lock"),
+    ("threading", "Semaphore", "it is a lock"),
+    ("threading", "Event", "it is a synchronisation event"),
+    ("sqlite3", "Connection", "it is a database connection"),
+    ("sqlite3", "Cursor", "it is a database cursor"),
+    ("multiprocessing.synchronize", "SemLock", "it is a lock"),
+    ("queue", "Queue", "it is a queue of live state"),
+    ("selectors", "BaseSelector", "it is a selector over live sockets"),
+    ("mmap", "mmap", "it is a memory-mapped file"),
+)
+
+
+def live_state_reason(cls: type) -> str | None:
+    """Why instances of ``cls`` hold live state that no digest can stand for, or None."""
+    for live_type, reason in _LIVE_STATE_TYPES:
+        if issubclass(cls, live_type):
+            return reason
+    for module_name, type_name, reason in _LIVE_STATE_TYPE_NAMES:
+        named_type = getattr(sys.modules.get(module_name), type_name, None)
+        if isinstance(named_type, type) and issubclass(cls, named_type):
+            return reason
+    return None
