@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 import pytest
 from memcached_server import MemcachedServer
@@ -24,7 +25,7 @@ from nbcache.exceptions import StoreFault
 from nbcache.stores.chunked import CHUNK_TTL_MARGIN, ITEM_OVERHEAD, ChunkedStore
 from nbcache.stores.memcached import MemcachedStore
 
-Read = bytes | bytearray | memoryview | NoValue
+Read: TypeAlias = bytes | bytearray | memoryview | NoValue
 REPO = Path(__file__).resolve().parent.parent
 
 #: Small items for the dict store, so big values have many chunks and tests stay fast.
@@ -162,7 +163,9 @@ def test_value_at_the_inline_limit_is_one_item_one_byte_more_is_chunked(
 def test_big_value_in_many_buffers_round_trips(store: ChunkedStore) -> None:
     # Buffer boundaries fall inside chunks and chunk boundaries inside buffers.
     parts = [pattern(n, n) for n in (1, 999, 1000, 1001, 3333, 0, 7)]
-    assert store.set("k", [parts[0], bytearray(parts[1]), *map(memoryview, parts[2:])], None)
+    assert store.set(
+        "k", [parts[0], bytearray(parts[1]), *(memoryview(part) for part in parts[2:])], None
+    )
     assert bytes(store.get("k")) == b"".join(parts)
     assert len(store.chunk_keys("k")) == -(-sum(map(len, parts)) // store.chunk_size)
 
@@ -171,7 +174,7 @@ def test_multidimensional_buffer_is_read_as_its_bytes(store: ChunkedStore) -> No
     import numpy as np
 
     array = np.arange(3000, dtype=np.float64).reshape(100, 30)
-    assert store.set("k", [memoryview(array)], None)
+    assert store.set("k", [memoryview(array)], None)  # type: ignore[arg-type]
     assert bytes(store.get("k")) == array.tobytes()
 
 
@@ -206,7 +209,7 @@ def test_corrupt_chunk_of_the_right_length_is_a_miss(
 ) -> None:
     store.set("k", [pattern(5000, 5)], None)
     victim = store.chunk_keys("k")[1]
-    original = bytes(inner.get(victim))  # type: ignore[arg-type]
+    original = bytes(inner.get(victim))
     inner.set(victim, [bytes(b ^ 1 for b in original)], None)
     with caplog.at_level(logging.DEBUG, logger="nbcache"):
         assert store.get("k") is NO_VALUE
@@ -216,7 +219,7 @@ def test_corrupt_chunk_of_the_right_length_is_a_miss(
 def test_chunk_of_the_wrong_length_is_a_miss(store: ChunkedStore, inner: DictStore) -> None:
     store.set("k", [pattern(5000, 6)], None)
     victim = store.chunk_keys("k")[0]
-    inner.set(victim, [bytes(inner.get(victim))[:-1]], None)  # type: ignore[arg-type]
+    inner.set(victim, [bytes(inner.get(victim))[:-1]], None)
     assert store.get("k") is NO_VALUE
 
 
@@ -290,12 +293,12 @@ def test_add_stores_only_over_nothing_readable(store: ChunkedStore, inner: DictS
 def test_gets_and_cas_for_inline_and_big_values(store: ChunkedStore) -> None:
     store.set("k", [b"small"], None)
     value, token = store.gets("k")
-    assert bytes(value) == b"small" and token is not None  # type: ignore[arg-type]
+    assert bytes(value) == b"small" and token is not None
     big = pattern(5000, 15)
     assert store.cas("k", [big], None, token)
     assert not store.cas("k", [b"late"], None, token)
     value, token = store.gets("k")
-    assert bytes(value) == big and token is not None  # type: ignore[arg-type]
+    assert bytes(value) == big and token is not None
     assert store.cas("k", [b"small again"], None, token)
     assert bytes(store.get("k")) == b"small again"
 
@@ -361,10 +364,10 @@ def test_fifty_megabyte_array_round_trips_through_stock_memcached(
 
     array = np.random.default_rng(0).random(50 * 1024 * 1024 // 8)
     store = ChunkedStore(memcached_store)
-    assert store.set("array", [memoryview(array)], 300)
+    assert store.set("array", [memoryview(array)], 300)  # type: ignore[arg-type]
     got = store.get("array")
     assert got is not NO_VALUE
-    assert np.array_equal(np.frombuffer(got, dtype=array.dtype), array)  # type: ignore[arg-type]
+    assert np.array_equal(np.frombuffer(got, dtype=array.dtype), array)
     assert len(store.chunk_keys("array")) == 51
 
 
@@ -375,7 +378,7 @@ def test_values_at_and_over_the_real_item_limit(memcached_store: MemcachedStore)
     for size in (store.inline_limit, store.inline_limit + 1, 2 * store.chunk_size):
         value = pattern(size, size)
         assert store.set(f"k{size}", [value], None), size
-        assert bytes(store.get(f"k{size}")) == value  # type: ignore[arg-type]
+        assert bytes(store.get(f"k{size}")) == value
     assert store.chunk_keys(f"k{store.inline_limit}") == []
     assert len(store.chunk_keys(f"k{2 * store.chunk_size}")) == 2
 
@@ -387,7 +390,7 @@ def test_evicted_or_corrupt_chunk_on_memcached_is_a_miss(memcached_store: Memcac
         assert store.set(key, [pattern(3 * 1024 * 1024, seed)], None)
     memcached_store.delete(store.chunk_keys("evicted")[1])
     victim = store.chunk_keys("corrupt")[2]
-    length = len(memcached_store.get(victim))  # type: ignore[arg-type]
+    length = len(memcached_store.get(victim))
     memcached_store.set(victim, [pattern(length, 99)], None)
     assert store.get_many(["evicted", "corrupt"]) == [NO_VALUE, NO_VALUE]
 
@@ -454,6 +457,6 @@ def test_writer_killed_mid_write_leaves_the_previous_whole_value(
         assert got is not NO_VALUE and bytes(got) == previous
         # The next writer is unaffected by the orphaned chunks.
         assert store.set("k", [new], None)
-        assert bytes(store.get("k")) == new  # type: ignore[arg-type]
+        assert bytes(store.get("k")) == new
     finally:
         inner.close()
