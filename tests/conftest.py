@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["memcached_fixtures"]
+pytest_plugins = ["memcached_fixtures", "ipython_fixtures"]
 
 
 @pytest.fixture(autouse=True)
