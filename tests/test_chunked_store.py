@@ -460,3 +460,15 @@ def test_writer_killed_mid_write_leaves_the_previous_whole_value(
         assert bytes(store.get("k")) == new
     finally:
         inner.close()
+
+
+def test_over_the_in_process_store() -> None:
+    from nbcache.stores.memory import MemoryStore
+
+    memory = MemoryStore(10_000)
+    store = ChunkedStore(memory, SMALL_ITEM)
+    big = pattern(10_000, 17)
+    assert store.set("k", [big], 300)
+    assert bytes(store.get("k")) == big
+    memory.delete(store.chunk_keys("k")[-1])
+    assert store.get("k") is NO_VALUE

@@ -19,16 +19,17 @@ from nbcache.api import NO_VALUE, ByteStore, NoValue
 from nbcache.exceptions import StoreFault
 from nbcache.stores.chunked import ChunkedStore
 from nbcache.stores.memcached import MemcachedStore
+from nbcache.stores.memory import MemoryStore
 from nbcache.stores.namespace import GENERATION_BYTES, NamespacedStore
 
 #: Makes a new store object onto the one shared storage of a test (another kernel's client).
 Connect = Callable[[], ByteStore]
 
 
-@pytest.fixture(params=["dict", pytest.param("memcached", marks=pytest.mark.memcached)])
+@pytest.fixture(params=["dict", "memory", pytest.param("memcached", marks=pytest.mark.memcached)])
 def connect(request: pytest.FixtureRequest) -> Iterator[Connect]:
-    if request.param == "dict":
-        shared = DictStore()
+    if request.param in ("dict", "memory"):
+        shared: ByteStore = DictStore() if request.param == "dict" else MemoryStore(10_000)
         yield lambda: shared
         return
     server: MemcachedServer = request.getfixturevalue("memcached")
