@@ -79,7 +79,7 @@ def _write_raw(writer: TokenWriter, array: np.ndarray[Any, Any]) -> None:
 
 
 def _bytes_of(array: np.ndarray[Any, Any]) -> memoryview:
-    """The bytes of a C-contiguous array, viewed in place (datetimes have no buffer of their own)."""
+    """The bytes of a C-contiguous array, in place (datetime arrays export no buffer)."""
     flat: Any = array.reshape(-1).view(np.uint8)
     return memoryview(flat)
 
