@@ -64,6 +64,11 @@ _CLASS_BOOKKEEPING = frozenset(
     }
 )
 
+# co_flags bits that say how the code runs (generator, varargs...). Higher bits record the
+# __future__ imports in force when it was compiled, which IPython carries from cell to cell;
+# their effect is already in the bytecode.
+_RUNTIME_CODE_FLAGS = 0xFFFF
+
 # Functions and classes being fingerprinted by this thread: met again, they are a cycle.
 _in_progress = threading.local()
 
@@ -151,7 +156,7 @@ def code_token(code: types.CodeType, docstring: object = None) -> tuple[object, 
         code.co_argcount,
         code.co_posonlyargcount,
         code.co_kwonlyargcount,
-        code.co_flags,
+        code.co_flags & _RUNTIME_CODE_FLAGS,
         code.co_code,
         consts,
         code.co_names,
