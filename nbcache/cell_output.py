@@ -324,8 +324,8 @@ def _hook_display_hook(hook: Any, recorder: _Recorder, undo: list[Any]) -> None:
 
 def _hook_streams(recorder: _Recorder, undo: list[Any]) -> None:
     original_out, original_err = sys.stdout, sys.stderr
-    sys.stdout = _TeeStream(original_out, "stdout", recorder)  # type: ignore[assignment]
-    sys.stderr = _TeeStream(original_err, "stderr", recorder)  # type: ignore[assignment]
+    sys.stdout = _TeeStream(original_out, "stdout", recorder)
+    sys.stderr = _TeeStream(original_err, "stderr", recorder)
 
     def put_back() -> None:
         sys.stdout, sys.stderr = original_out, original_err

@@ -259,4 +259,3 @@ def test_clear_output_item_replays(ipython_shell: Any) -> None:
     shown = PublishedLog(ipython_shell)
     replay_output(ipython_shell, RecordedOutput([ClearOutput(True)]))
     assert shown.calls == [("clear", True)]
-
