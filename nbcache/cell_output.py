@@ -193,10 +193,15 @@ def replay_output(shell: Any, recorded: RecordedOutput, *, show_result: bool = T
     itself as the cell's result.
     """
     publisher = shell.display_pub
+    previous: IO[str] | None = None
     for item in recorded.items:
         if isinstance(item, StreamText):
             stream = sys.stderr if item.name == "stderr" else sys.stdout
+            if previous is not None and previous is not stream:
+                # A kernel buffers each stream apart: flush to keep the recorded order.
+                previous.flush()
             stream.write(item.text)
+            previous = stream
         elif isinstance(item, DisplayData):
             publisher.publish(
                 data=dict(item.data),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import os
 import pickle
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,3 +261,77 @@ def test_clear_output_item_replays(ipython_shell: Any) -> None:
     shown = PublishedLog(ipython_shell)
     replay_output(ipython_shell, RecordedOutput([ClearOutput(True)]))
     assert shown.calls == [("clear", True)]
+
+
+def kernel_outputs(client: Any, code: str) -> list[tuple[str, Any]]:
+    """The iopub outputs one execute request produced, consecutive stream text joined."""
+    outputs: list[tuple[str, Any]] = []
+
+    def collect(message: dict[str, Any]) -> None:
+        kind, content = message["header"]["msg_type"], message["content"]
+        if kind == "stream":
+            if outputs and outputs[-1][0] == content["name"]:
+                outputs[-1] = (content["name"], outputs[-1][1] + content["text"])
+            else:
+                outputs.append((content["name"], content["text"]))
+        elif kind in ("display_data", "execute_result"):
+            outputs.append(("display", sorted(content["data"])))
+        elif kind == "error":
+            outputs.append(("error", "\n".join(content["traceback"])))
+
+    reply = client.execute_interactive(code, output_hook=collect, timeout=120)
+    assert reply["content"]["status"] == "ok", outputs
+    return outputs
+
+
+@pytest.mark.kernel
+def test_output_recorded_in_one_kernel_replays_the_same_in_another(tmp_path: Path) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    repository = Path(__file__).resolve().parent.parent
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(repository),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
+    saved = tmp_path / "recorded.pickle"
+    body = (
+        "import matplotlib.pyplot as plt\n"
+        "from IPython.display import display, HTML\n"
+        "print('one')\n"
+        "display(HTML('<i>two</i>'))\n"
+        # The kernel buffers each stream apart; flushing makes the live order the call order.
+        "import sys; sys.stdout.flush(); print('three', file=sys.stderr); sys.stderr.flush()\n"
+        "plt.plot([1, 2, 3])\n"
+        "print('four')\n"
+    )
+    record = (
+        "import pickle\n"
+        "from nbcache.cell_output import record_output\n"
+        "with record_output(get_ipython()) as recorded:\n"
+        f"    get_ipython().run_cell({body!r}, store_history=False)\n"
+        f"_ = open({str(saved)!r}, 'wb').write(pickle.dumps(recorded))\n"
+    )
+    replay = (
+        "import pickle\n"
+        "from nbcache.cell_output import replay_output\n"
+        f"replay_output(get_ipython(), pickle.loads(open({str(saved)!r}, 'rb').read()))\n"
+    )
+    outputs = []
+    for code in (record, replay):
+        manager, client = start_new_kernel(env=environment, cwd=str(tmp_path))
+        try:
+            outputs.append(kernel_outputs(client, code))
+        finally:
+            client.stop_channels()
+            manager.shutdown_kernel(now=True)
+    recorded_run, replayed_run = outputs
+    assert recorded_run == [
+        ("stdout", "one\n"),
+        ("display", ["text/html", "text/plain"]),
+        ("stderr", "three\n"),
+        ("stdout", "four\n"),
+        ("display", ["image/png", "text/plain"]),
+    ]
+    assert replayed_run == recorded_run
