@@ -21,6 +21,8 @@ _EXPORTS = {
     "NbcacheError": "nbcache.exceptions",
     "ConfigurationError": "nbcache.exceptions",
     "UnpicklableValueError": "nbcache.exceptions",
+    "cached_result": "nbcache.decorator",
+    "register_token": "nbcache.tokenize",
 }
 
 __all__ = [*sorted(_EXPORTS), "load_ipython_extension"]
@@ -34,7 +36,9 @@ if TYPE_CHECKING:
     from .config import get_cache as get_cache
     from .exceptions import ConfigurationError as ConfigurationError
     from .exceptions import NbcacheError as NbcacheError
+    from .decorator import cached_result as cached_result
     from .exceptions import UnpicklableValueError as UnpicklableValueError
+    from .tokenize import register_token as register_token
 
 
 def __getattr__(name: str) -> Any:

@@ -78,6 +78,11 @@ class Cache:
         entries = [self._open(key, raw) for key, raw in zip(keys, raws, strict=True)]
         return [None if isinstance(e, NoValue) else e.value for e in entries]
 
+    def get_entries(self, *keys: str) -> list[Entry | NoValue]:
+        """Entries in the order of ``keys``, NO_VALUE for each miss; one store round trip."""
+        raws = self._store_call(self.store.get_many, [NO_VALUE] * len(keys), list(keys))
+        return [self._open(key, raw) for key, raw in zip(keys, raws, strict=True)]
+
     def get_dict(self, *keys: str) -> dict[str, Any]:
         """``{key: value}`` for ``keys``, None for each miss."""
         return dict(zip(keys, self.get_many(*keys), strict=True))

@@ -1,0 +1,147 @@
+"""Cache keys of function calls: pure functions of the function and its bound arguments.
+
+A call key is ``nbcache.fn/1:<module>:<qualname>:<digest>``, where the digest covers the
+code fingerprint, ``version=``, the digests of the global data the code reads, and the
+canonical digest of every bound argument (defaults applied, so ``f(1)`` and ``f(1, b=2)``
+with ``b=2`` as default share a key; keyword order is irrelevant; ``ignore=`` names are
+left out). With ``key=``, the digest of ``key(*args, **kwargs)`` stands for the arguments.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+
+from nbcache.exceptions import UnhashableValue
+from nbcache.tokenize import value_digest
+
+KEY_FORMAT = "nbcache.fn/1"
+#: The name under which a ``key=`` callable's result appears in explanations.
+CUSTOM_KEY_NAME = "key()"
+
+
+class UnhashableArgument(UnhashableValue):
+    """An argument of a call has no digest, so the call cannot be keyed.
+
+    ``argument`` names the parameter; ``type_name`` and ``reason`` come from the value.
+    """
+
+    def __init__(self, argument: str, cause: UnhashableValue) -> None:
+        super().__init__(cause.type_name, cause.reason)
+        self.argument = argument
+        self.args = (f"argument `{argument}`: {cause}",)
+
+
+@dataclass(frozen=True)
+class CallKey:
+    """A call's cache key and what went into it (recorded in the entry for explanations)."""
+
+    key: str
+    code: str
+    version: str | None
+    arguments: dict[str, str]
+    global_inputs: dict[str, str]
+
+
+class CallKeyBuilder:
+    """Builds the keys of one function's calls.
+
+    ``ignore`` names parameters left out of the key (a ``ValueError`` names any that the
+    function does not have); ``version`` is any value nbcache can digest; ``key`` a callable
+    taking the function's arguments and returning a digestable value that stands for them.
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        ignore: Iterable[str] = (),
+        version: object = None,
+        key: Callable[..., object] | None = None,
+    ) -> None:
+        self.signature = inspect.signature(func)
+        self.ignore = frozenset(ignore)
+        unknown = self.ignore - set(self.signature.parameters)
+        if unknown:
+            raise ValueError(
+                f"ignore= names {sorted(unknown)} that {func.__qualname__}() does not take; "
+                f"its parameters: {list(self.signature.parameters)}"
+            )
+        self.custom_key = key
+        self.version = None if version is None else value_digest(version)
+        module = getattr(func, "__module__", None) or "__main__"
+        self.function_id = f"{KEY_FORMAT}:{module}:{func.__qualname__}"
+        self._has_defaults = any(
+            p.default is not p.empty for p in self.signature.parameters.values()
+        )
+
+    def bound_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments by parameter name, defaults applied, ignored names left out.
+
+        Raises ``TypeError`` if the arguments do not fit the signature (as the call would).
+        """
+        bound = self.signature.bind(*args, **kwargs)
+        if self._has_defaults:
+            bound.apply_defaults()
+        arguments = bound.arguments
+        if self.ignore:
+            return {name: value for name, value in arguments.items() if name not in self.ignore}
+        return arguments
+
+    def argument_digests(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, str]:
+        """Each argument's digest by name; raises :class:`UnhashableArgument`."""
+        if self.custom_key is not None:
+            try:
+                return {CUSTOM_KEY_NAME: value_digest(self.custom_key(*args, **kwargs))}
+            except UnhashableValue as cause:
+                raise UnhashableArgument(CUSTOM_KEY_NAME, cause) from None
+        digests = {}
+        for name, value in self.bound_arguments(args, kwargs).items():
+            try:
+                digests[name] = value_digest(value)
+            except UnhashableValue as cause:
+                raise UnhashableArgument(name, cause) from None
+        return digests
+
+    def build(
+        self,
+        code: str,
+        arguments: Mapping[str, str],
+        global_inputs: Mapping[str, str] | None = None,
+    ) -> CallKey:
+        """The key from a code fingerprint, argument digests and global input digests."""
+        hasher = xxhash.xxh3_128()
+        parts = [code, self.version or "-"]
+        # Sorted by name: keyword order never matters, and names are part of the key.
+        parts += [f"{name}={digest}" for name, digest in sorted(arguments.items())]
+        if global_inputs:
+            parts.append("globals")
+            parts += [f"{name}={digest}" for name, digest in sorted(global_inputs.items())]
+        hasher.update("\n".join(parts).encode("utf-8", "surrogatepass"))
+        return CallKey(
+            key=f"{self.function_id}:{hasher.hexdigest()}",
+            code=code,
+            version=self.version,
+            arguments=dict(arguments),
+            global_inputs=dict(global_inputs or {}),
+        )
+
+    @property
+    def generation_key(self) -> str:
+        """Where the function's generation token lives (``cache_clear`` replaces it)."""
+        return f"{self.function_id}#generation"
+
+    @property
+    def records_key(self) -> str:
+        """Where the function's recent-entry records live (for explanations)."""
+        return f"{self.function_id}#recent"
+
+    @staticmethod
+    def lease_key(call_key: str) -> str:
+        """Where the lease of one call key lives (stampede protection)."""
+        return f"{call_key}#lease"

@@ -1,0 +1,395 @@
+"""``@cached_result``: memoize a function on its code and the values of its inputs.
+
+::
+
+    @cached_result
+    def summarize(df, column="price"): ...
+
+    @cached_result(timeout=3600, ignore=("verbose",), version=2)
+    def fit(data, verbose=False): ...
+
+The key covers the function's code fingerprint (its helpers too, so editing a helper
+invalidates its callers; comments and formatting do not), the canonical digest of every
+argument (defaults applied, keyword order irrelevant), the global data its code reads, and
+``version``. See :mod:`nbcache.call_key` for the details, :mod:`nbcache.stampede` for what
+happens when many callers miss one key at once, :mod:`nbcache.explain` for ``f.explain``.
+
+A cache fault, an argument without a digest or a result that cannot be pickled never breaks
+the call: the function runs and one warning on the ``nbcache`` logger says what happened.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, TypeVar, overload
+
+from nbcache.api import NO_VALUE, NoValue
+from nbcache.cache import Cache
+from nbcache.call_key import CallKey, CallKeyBuilder, UnhashableArgument
+from nbcache.code_snapshot import FingerprintMemo
+from nbcache.exceptions import UnhashableValue, UnpicklableValueError
+from nbcache.explain import entry_meta, explain, remember
+from nbcache.fingerprint import code_token, function_fingerprint
+from nbcache.stampede import DEFAULT_LEASE, compute_once, compute_once_async
+from nbcache.tokenize import value_digest
+
+log = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class CacheInfo(NamedTuple):
+    """Counts of this process's calls: ``time_saved`` sums the compute time of the hits."""
+
+    hits: int
+    misses: int
+    time_saved: float
+
+
+class _Hit(NamedTuple):
+    value: Any
+    duration: float | None
+
+
+class _Computed(NamedTuple):
+    value: Any
+
+
+@overload
+def cached_result(func: _F, /) -> _F: ...
+
+
+@overload
+def cached_result(
+    *,
+    timeout: float | None = None,
+    cache: Cache | None = None,
+    key: Callable[..., object] | None = None,
+    ignore: Iterable[str] = (),
+    version: object = None,
+    lease: float = DEFAULT_LEASE,
+) -> Callable[[_F], _F]: ...
+
+
+def cached_result(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    timeout: float | None = None,
+    cache: Cache | None = None,
+    key: Callable[..., object] | None = None,
+    ignore: Iterable[str] = (),
+    version: object = None,
+    lease: float = DEFAULT_LEASE,
+) -> Any:
+    """Memoize ``func`` in a cache, keyed on its code and the values of its arguments.
+
+    ``timeout``: seconds an entry lives; None means the cache's default (5 minutes unless
+    configured), 0 never expires. ``cache``: None means :func:`nbcache.get_cache` at each
+    call, so a later :func:`nbcache.configure` takes effect. ``key``: a callable taking the
+    function's arguments and returning a value (anything nbcache can digest) that stands for
+    them in the key, for arguments better identified by something cheaper (a path and its
+    mtime). ``ignore``: parameter names left out of the key (``"self"`` for methods whose
+    instance does not matter). ``version``: any value; changing it starts afresh.
+    ``lease``: seconds a caller computing a missed key keeps others waiting if it dies
+    (while alive it renews its lease, however long it computes).
+
+    The wrapper has ``cache_key(*a, **kw)``, ``invalidate(*a, **kw)``, ``cache_clear()``,
+    ``cache_info()``, ``explain(*a, **kw)`` and ``__wrapped__``. For a method, pass the
+    instance explicitly to these (``Class.method.cache_key(obj, x)``).
+    """
+
+    def decorate(function: Callable[..., Any]) -> Any:
+        state = CachedFunction(function, timeout, cache, key, ignore, version, lease)
+        if inspect.iscoroutinefunction(function):
+
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await state.call_async(args, kwargs)
+
+            wrapper: Any = async_wrapper
+        else:
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return state.call(args, kwargs)
+
+        functools.update_wrapper(wrapper, function)
+        wrapper.cache_key = state.cache_key
+        wrapper.invalidate = state.invalidate
+        wrapper.cache_clear = state.cache_clear
+        wrapper.cache_info = state.cache_info
+        wrapper.explain = state.explain
+        return wrapper
+
+    return decorate if func is None else decorate(func)
+
+
+class CachedFunction:
+    """Everything ``@cached_result`` knows about one function; the wrapper calls into it."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        timeout: float | None,
+        cache: Cache | None,
+        key: Callable[..., object] | None,
+        ignore: Iterable[str],
+        version: object,
+        lease: float,
+    ) -> None:
+        if not lease > 0:
+            raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
+        self.func = func
+        self.timeout = timeout
+        self.lease = float(lease)
+        self._cache = cache
+        self.keys = CallKeyBuilder(func, ignore=ignore, version=version, key=key)
+        self.memo = FingerprintMemo(func)
+        self.name = func.__qualname__
+        self._stats_lock = threading.Lock()
+        self._hits = self._misses = 0
+        self._saved = 0.0
+        self._warned: set[tuple[str, ...]] = set()
+
+    def __nbcache_token__(self) -> object:
+        # Callers reaching this function through the wrapper fingerprint what it computes.
+        return ("cached_result", function_fingerprint(self.func), self.keys.version)
+
+    # -- the call -------------------------------------------------------------------------
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = self._key_or_none(args, kwargs)
+        if call is None:
+            return self.func(*args, **kwargs)
+        cache = self.cache()
+        found: _Hit | _Computed | NoValue = self._read(cache, call)
+        if isinstance(found, NoValue):
+            self._log_miss(cache, call)
+            found = compute_once(
+                cache.store,
+                self.keys.lease_key(call.key),
+                self.lease,
+                lambda: self._read(cache, call),
+                lambda: self._compute(cache, call, args, kwargs),
+            )
+        return self._count(found)
+
+    async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = self._key_or_none(args, kwargs)
+        if call is None:
+            return await self.func(*args, **kwargs)
+        cache = self.cache()
+        found: _Hit | _Computed | NoValue = self._read(cache, call)
+        if isinstance(found, NoValue):
+            self._log_miss(cache, call)
+
+            async def compute() -> _Computed:
+                started = time.perf_counter()
+                value = await self.func(*args, **kwargs)
+                self._store(cache, call, value, time.perf_counter() - started)
+                return _Computed(value)
+
+            found = await compute_once_async(
+                cache.store,
+                self.keys.lease_key(call.key),
+                self.lease,
+                lambda: self._read(cache, call),
+                compute,
+            )
+        return self._count(found)
+
+    def cache(self) -> Cache:
+        """The cache this function uses now."""
+        if self._cache is not None:
+            return self._cache
+        from nbcache.config import get_cache
+
+        return get_cache()
+
+    def _key_or_none(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallKey | None:
+        try:
+            return self.call_key(args, kwargs)
+        except UnhashableArgument as problem:
+            self._warn_once(
+                ("argument", problem.argument, problem.type_name),
+                "nbcache: %s() runs uncached: %s",
+                self.name,
+                problem,
+            )
+        except TypeError as problem:  # arguments that do not fit: let the call say so
+            if isinstance(problem, UnhashableValue):
+                self._warn_once(("code",), "nbcache: %s() runs uncached: %s", self.name, problem)
+            else:
+                log.debug("nbcache: %s(): %s", self.name, problem)
+        except Exception as problem:
+            self._warn_once(
+                ("key",), "nbcache: %s() runs uncached: no key (%r)", self.name, problem
+            )
+        return None
+
+    def call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallKey:
+        """The key and key material of one call (raises when it has none)."""
+        snapshot = self.memo.current()
+        arguments = self.keys.argument_digests(args, kwargs)
+        global_digests = {}
+        for global_input in snapshot.global_inputs:
+            value = global_input.namespace.get(global_input.name, NO_VALUE)
+            try:
+                global_digests[global_input.label] = value_digest(value)
+            except UnhashableValue as problem:
+                # A connection or lock read from a global: its state is not an input we can
+                # see; keyed by type, and said once.
+                self._warn_once(
+                    ("global", global_input.label),
+                    "nbcache: %s() reads global `%s`, which has no digest (%s); it is keyed "
+                    "by its type only",
+                    self.name,
+                    global_input.label,
+                    problem.reason,
+                    level=logging.DEBUG,
+                )
+                global_digests[global_input.label] = value_digest(("type", problem.type_name))
+        return self.keys.build(snapshot.fingerprint, arguments, global_digests)
+
+    def _read(self, cache: Cache, call: CallKey) -> _Hit | NoValue:
+        generation, entry = cache.get_entries(self.keys.generation_key, call.key)
+        if isinstance(entry, NoValue) or isinstance(generation, NoValue):
+            return NO_VALUE
+        if entry.meta.get("generation") != generation.value:
+            return NO_VALUE
+        return _Hit(entry.value, entry.duration)
+
+    def _compute(
+        self, cache: Cache, call: CallKey, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> _Computed:
+        started = time.perf_counter()
+        value = self.func(*args, **kwargs)
+        self._store(cache, call, value, time.perf_counter() - started)
+        return _Computed(value)
+
+    def _count(self, found: _Hit | _Computed | NoValue) -> Any:
+        assert not isinstance(found, NoValue)
+        with self._stats_lock:
+            if isinstance(found, _Hit):
+                self._hits += 1
+                self._saved += found.duration or 0.0
+            else:
+                self._misses += 1
+        return found.value
+
+    # -- storing --------------------------------------------------------------------------
+
+    def _store(self, cache: Cache, call: CallKey, value: Any, duration: float) -> None:
+        try:
+            generation = self._generation(cache)
+            if generation is None:
+                return
+            meta = self._meta(call, generation)
+            cache.set(call.key, value, self.timeout, duration=duration, meta=meta)
+        except UnpicklableValueError as problem:
+            self._warn_once(
+                ("result", problem.type_name),
+                "nbcache: %s() returned a %s, which cannot be cached (%s); nothing was stored",
+                self.name,
+                problem.type_name,
+                problem.reason,
+            )
+            return
+        except Exception as problem:  # never break a computation that succeeded
+            log.warning("nbcache: could not store %s()'s result: %r", self.name, problem)
+            return
+        try:
+            now = time.time()
+            timeout = cache.default_timeout if self.timeout is None else self.timeout
+            expires = None if timeout == 0 else now + timeout
+            records = cache.get(self.keys.records_key)
+            updated = remember(
+                records if isinstance(records, dict) else None, call.key, meta, expires, now
+            )
+            cache.set(self.keys.records_key, updated, 0)
+        except Exception as problem:  # explanations are a convenience
+            log.debug("nbcache: could not record %s()'s entry: %r", self.name, problem)
+
+    def _generation(self, cache: Cache) -> str | None:
+        """The function's current generation token, created if it has none."""
+        for _ in range(3):
+            current = cache.get_entries(self.keys.generation_key)[0]
+            if not isinstance(current, NoValue):
+                return str(current.value)
+            if cache.add(self.keys.generation_key, os.urandom(8).hex(), 0):
+                continue  # read back what won: another kernel may have added at once
+        return None
+
+    def _meta(self, call: CallKey, generation: str) -> dict[str, Any]:
+        func = self.func
+        own = (
+            value_digest(
+                (code_token(func.__code__, func.__doc__), func.__defaults__, func.__kwdefaults__)
+            )
+            if hasattr(func, "__code__")
+            else call.code
+        )
+        parts = self.memo.current().parts()
+        module = getattr(func, "__module__", None) or ""
+        own_names = {func.__qualname__, f"{module}.{func.__qualname__}"}
+        helpers = {name: digest for name, digest in parts.items() if name not in own_names}
+        return entry_meta(call, generation, own, helpers)
+
+    # -- the wrapper's API ----------------------------------------------------------------
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The cache key of ``f(*args, **kwargs)`` (raises if an argument has no digest)."""
+        return self.call_key(args, kwargs).key
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Forget the entry of ``f(*args, **kwargs)``; True if there was one."""
+        call = self._key_or_none(args, kwargs)
+        return call is not None and self.cache().delete(call.key)
+
+    def cache_clear(self) -> bool:
+        """Forget every entry of this function, for every kernel sharing the cache, in O(1)."""
+        return self.cache().set(self.keys.generation_key, os.urandom(8).hex(), 0)
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses and seconds saved by hits, in this process."""
+        with self._stats_lock:
+            return CacheInfo(self._hits, self._misses, self._saved)
+
+    def explain(self, *args: Any, **kwargs: Any) -> str:
+        """Why ``f(*args, **kwargs)`` would miss now, or "hit", or "no entry yet"."""
+        call = self.call_key(args, kwargs)
+        return self._explain(self.cache(), call)
+
+    def _explain(self, cache: Cache, call: CallKey) -> str:
+        generation, entry, records = cache.get_entries(
+            self.keys.generation_key, call.key, self.keys.records_key
+        )
+        return explain(
+            call,
+            None if isinstance(generation, NoValue) else str(generation.value),
+            entry,
+            records.value if not isinstance(records, NoValue) else None,
+            lambda: self._meta(call, ""),
+        )
+
+    def _log_miss(self, cache: Cache, call: CallKey) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            try:
+                reason = self._explain(cache, call)
+            except Exception as problem:
+                reason = f"(no explanation: {problem!r})"
+            log.debug("nbcache: %s() missed: %s", self.name, reason)
+
+    def _warn_once(
+        self, what: tuple[str, ...], message: str, *args: object, level: int = logging.WARNING
+    ) -> None:
+        if what in self._warned:
+            log.debug(message, *args)
+            return
+        self._warned.add(what)
+        log.log(level, message, *args)
