@@ -1,0 +1,99 @@
+"""Two real kernels share one private memcached: a cell computed in one is restored in the other."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kernel_session import Kernel, kernel_environment
+from memcached_server import MemcachedServer
+
+pytestmark = [pytest.mark.kernel, pytest.mark.memcached]
+
+SHARED_SECRET = "kernel-test-secret"
+
+
+@pytest.fixture
+def start_kernel(
+    tmp_path: Path, memcached: MemcachedServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[], Kernel]]:
+    """Start kernels on the private memcached, with the setup cells run; all shut down after."""
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    env = kernel_environment(tmp_path, NBCACHE_URL=memcached.url, NBCACHE_SECRET=SHARED_SECRET)
+    kernels: list[Kernel] = []
+    counter_file = tmp_path / "runs.txt"
+
+    def start() -> Kernel:
+        kernel = Kernel(env)
+        kernels.append(kernel)
+        kernel.run_ok("%load_ext nbcache")
+        kernel.run_ok(
+            f"counter_file = {str(counter_file)!r}\n"
+            "def count_run():\n"
+            "    with open(counter_file, 'a') as f:\n"
+            "        f.write('ran\\n')\n"
+            "data = list(range(1000))"
+        )
+        return kernel
+
+    yield start
+    for kernel in kernels:
+        kernel.shutdown()
+
+
+def runs(tmp_path: Path) -> int:
+    path = tmp_path / "runs.txt"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+SUMMARY_CELL = """%%cache summary
+count_run()
+total = sum(data)
+print('total is', total)
+{'total': total, 'count': len(data)}"""
+
+
+def test_a_cell_computed_in_one_kernel_is_restored_in_another(
+    start_kernel: Callable[[], Kernel], tmp_path: Path
+):
+    kernel_a, kernel_b = start_kernel(), start_kernel()
+
+    computed = kernel_a.run_ok(SUMMARY_CELL)
+    assert runs(tmp_path) == 1
+    assert computed.stdout == "total is 499500\n"
+    assert computed.result is not None and "499500" in computed.result["text/plain"]
+
+    restored = kernel_b.run_ok(SUMMARY_CELL)
+    assert runs(tmp_path) == 1, "kernel B ran the cell instead of restoring it"
+    note, _, replayed = restored.stdout.partition("\n")
+    assert note.startswith("nbcache: restored total from memcached (computed ")
+    assert replayed == computed.stdout
+    assert restored.result == computed.result
+    assert kernel_b.run_ok("print(total)").stdout == "499500\n"
+
+    kernel_b.run_ok("data = list(range(1001))")
+    changed = kernel_b.run_ok(SUMMARY_CELL)
+    assert runs(tmp_path) == 2, "a changed input must recompute"
+    assert changed.stdout == "total is 500500\n"
+
+
+def test_an_inline_figure_is_replayed_as_png_in_the_other_kernel(
+    start_kernel: Callable[[], Kernel], tmp_path: Path
+):
+    kernel_a, kernel_b = start_kernel(), start_kernel()
+    cell = (
+        "%%cache plot\ncount_run()\nimport matplotlib.pyplot as plt\n"
+        "fig, ax = plt.subplots()\nax.plot(data[:50])\nax.set_title('first fifty')"
+    )
+    drawn = kernel_a.run_ok(cell)
+    images_a = [d["image/png"] for d in drawn.displays if "image/png" in d]
+    assert len(images_a) == 1
+
+    replayed = kernel_b.run_ok(cell)
+    assert runs(tmp_path) == 1
+    images_b = [d["image/png"] for d in replayed.displays if "image/png" in d]
+    assert images_b == images_a, "kernel B must show the same one image, and only it"
+    assert base64.b64decode(images_b[0]).startswith(b"\x89PNG")
+    assert kernel_b.run_ok("print(fig.axes[0].get_title())").stdout == "first fifty\n"
