@@ -1,0 +1,156 @@
+"""Stampede protection against a real memcached: one computation per cold key."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from nbcache import MemcachedCache, SimpleCache
+from nbcache.decorator import cached_result
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Every process defines the same function in a notebook-like namespace, so all share one key.
+# Each computation appends a line to the log (O_APPEND: lines from processes never interleave).
+CALLER = """
+import os, sys, time, textwrap
+from nbcache import MemcachedCache
+from nbcache.decorator import cached_result
+address, log_path, start_at, compute_seconds, lease = sys.argv[1:6]
+ns = {"__name__": "__main__"}
+exec(textwrap.dedent('''
+    import os, time
+    def slow_square(x, log_path, seconds):
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{os.getpid()}\\\\n".encode())
+        os.close(fd)
+        time.sleep(seconds)
+        return x * x
+'''), ns)
+f = cached_result(cache=MemcachedCache([address]), ignore=("log_path", "seconds"),
+                  lease=float(lease))(ns["slow_square"])
+time.sleep(max(0.0, float(start_at) - time.time()))
+print(f(7, log_path, float(compute_seconds)), flush=True)
+"""
+
+
+def spawn(address: str, log: Path, start_at: float, seconds: float, lease: float) -> Any:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [address, str(log), str(start_at), str(seconds), str(lease)]
+    return subprocess.Popen(
+        [sys.executable, "-c", CALLER, *args], env=env, stdout=subprocess.PIPE, text=True
+    )
+
+
+def computations(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def test_eight_processes_on_one_cold_key_compute_once(memcached: Any, tmp_path: Path) -> None:
+    log = tmp_path / "computations"
+    start_at = time.time() + 3.0  # after every interpreter has started and imported nbcache
+    callers = [spawn(memcached.address, log, start_at, 1.0, 30.0) for _ in range(8)]
+    outputs = [caller.communicate(timeout=60)[0].strip() for caller in callers]
+    assert [caller.returncode for caller in callers] == [0] * 8
+    assert outputs == ["49"] * 8
+    assert len(computations(log)) == 1
+
+
+def test_a_killed_holder_blocks_no_one_longer_than_its_lease(
+    memcached: Any, tmp_path: Path
+) -> None:
+    lease = 2.0
+    log = tmp_path / "computations"
+    holder = spawn(memcached.address, log, 0.0, 600.0, lease)  # computes for 10 minutes
+    try:
+        deadline = time.time() + 30
+        while not computations(log):
+            assert time.time() < deadline, "the holder never started computing"
+            time.sleep(0.05)
+        waiter = spawn(memcached.address, log, 0.0, 0.0, lease)
+        time.sleep(1.0)  # the waiter is polling now
+        os.kill(holder.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        output = waiter.communicate(timeout=60)[0].strip()
+        waited = time.monotonic() - killed_at
+    finally:
+        holder.kill()
+        holder.communicate()  # reaps it and closes its pipe
+    assert output == "49"
+    assert len(computations(log)) == 2
+    # Bound: lease (2 s) + memcached's 1 s expiry granularity + one 0.5 s poll + slack for
+    # this noisy machine.
+    assert waited < lease + 5.0
+
+
+def test_threads_of_one_process_compute_once() -> None:
+    cache = SimpleCache()
+    barrier = threading.Barrier(6)
+
+    class Log(list[int]):
+        def __nbcache_token__(self) -> str:
+            return "log"
+
+    computed = Log()
+
+    @cached_result(cache=cache)
+    def slow(x: int) -> int:
+        computed.append(x)
+        time.sleep(0.3)
+        return x + 1
+
+    results: list[int] = []
+
+    def call() -> None:
+        barrier.wait()
+        results.append(slow(1))
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert results == [2] * 6
+    assert computed == [1]
+
+
+def test_a_failing_holder_lets_the_waiters_compute(memcached: Any) -> None:
+    cache = MemcachedCache([memcached.address])
+
+    class Attempts(list[int]):
+        def __nbcache_token__(self) -> str:
+            return "attempts"
+
+    attempts = Attempts()
+    barrier = threading.Barrier(3)
+
+    @cached_result(cache=cache)
+    def flaky(x: int) -> int:
+        attempts.append(x)
+        time.sleep(0.2)
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+        return x
+
+    outcomes: list[object] = []
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(flaky(5))
+        except RuntimeError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(map(str, outcomes)) == ["5", "5", "first attempt fails"]
+    assert len(attempts) == 2
