@@ -12,7 +12,7 @@ from memcached_server import MemcachedServer
 
 pytestmark = [pytest.mark.kernel, pytest.mark.memcached]
 
-SHARED_SECRET = "kernel-test-secret"
+SHARED_SECRET = "kernel-test-shared-secret"
 
 
 @pytest.fixture
