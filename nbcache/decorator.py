@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, TypeVar, overload
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 from nbcache.api import NO_VALUE, NoValue
 from nbcache.cache import Cache
@@ -41,7 +41,9 @@ from nbcache.tokenize import value_digest
 
 log = logging.getLogger(__name__)
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_R_co = TypeVar("_R_co", covariant=True)
 
 
 class CacheInfo(NamedTuple):
@@ -61,8 +63,28 @@ class _Computed(NamedTuple):
     value: Any
 
 
+class CachedCallable(Protocol[_P, _R_co]):
+    """What ``@cached_result`` returns: the function, plus its cache's controls."""
+
+    __wrapped__: Callable[..., Any]
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co: ...
+
+    def __get__(self, instance: object, owner: type | None = None) -> Callable[..., _R_co]: ...
+
+    def cache_key(self, *args: _P.args, **kwargs: _P.kwargs) -> str: ...
+
+    def invalidate(self, *args: _P.args, **kwargs: _P.kwargs) -> bool: ...
+
+    def cache_clear(self) -> bool: ...
+
+    def cache_info(self) -> CacheInfo: ...
+
+    def explain(self, *args: _P.args, **kwargs: _P.kwargs) -> str: ...
+
+
 @overload
-def cached_result(func: _F, /) -> _F: ...
+def cached_result(func: Callable[_P, _R], /) -> CachedCallable[_P, _R]: ...
 
 
 @overload
@@ -74,7 +96,7 @@ def cached_result(
     ignore: Iterable[str] = (),
     version: object = None,
     lease: float = DEFAULT_LEASE,
-) -> Callable[[_F], _F]: ...
+) -> Callable[[Callable[_P, _R]], CachedCallable[_P, _R]]: ...
 
 
 def cached_result(
