@@ -74,17 +74,24 @@ class _Plan:
 
 
 def run_cached_cell(
-    shell: Any, header: str, body: str, options: CellOptions, cache: Cache, stats: SessionStats
+    shell: Any,
+    header: str,
+    body: str,
+    options: CellOptions,
+    cache: Cache | None,
+    stats: SessionStats,
 ) -> Any:
     """Run ``body`` (a cell without its ``%%cache`` line ``header``) or restore it.
+
+    With ``cache`` None (none could be made; the caller has warned) the cell just runs.
 
     Returns the value the cell's last expression had, for IPython to display as the cell's
     result, or None when there is none (or display is suppressed with ``;``).
     """
     __tracebackhide__ = True
     python_source = shell.transform_cell(body)
-    plan = _plan_or_warn(shell, python_source, options)
-    if plan is None:
+    plan = None if cache is None else _plan_or_warn(shell, python_source, options)
+    if cache is None or plan is None:
         stats.record_uncached()
         show = not display_suppressed(python_source)
         return _shown(run_body(shell, python_source, header, show_result=show))

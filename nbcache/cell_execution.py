@@ -28,11 +28,11 @@ def run_body(shell: Any, python_source: str, header: str, *, show_result: bool) 
     """
     __tracebackhide__ = True
     compiler = shell.compile
-    filename = compiler.cache(
-        header + "\n" + python_source, shell.execution_count, raw_code=header + "\n" + python_source
-    )
-    tree = compiler.ast_parse(python_source, filename=filename)
-    ast.increment_lineno(tree, 1)
+    shown_source = header + "\n" + python_source
+    filename = compiler.cache(shown_source, shell.execution_count, raw_code=shown_source)
+    # A blank first line stands for the header: line numbers, also of a SyntaxError, then
+    # match the notebook cell.
+    tree = compiler.ast_parse("\n" + python_source, filename=filename)
     transformed = shell.transform_ast(tree)
     if transformed is not None:  # None: an AST transformer failed and IPython has said so
         tree = transformed

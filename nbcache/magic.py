@@ -8,6 +8,7 @@ cache), ``NBCACHE_SECRET`` (signing), ``NBCACHE_TIMEOUT`` (default timeout in se
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -33,6 +34,8 @@ _parse_argstring = cast(Callable[[Any, str], Any], magic_arguments.parse_argstri
 _cell_magic = cast(_Decorator[Any], cell_magic)
 _line_magic = cast(_Decorator[Any], line_magic)
 _magics_class: _Decorator[Any] = magics_class
+
+log = logging.getLogger(__name__)
 
 TIMEOUT_ENV_VAR = "NBCACHE_TIMEOUT"
 _CELL_USAGE = "%%cache [NAME] [timeout=SECONDS] [--force] [--quiet]"
@@ -96,7 +99,7 @@ class NbcacheMagics(Magics):  # type: ignore[misc]
         __tracebackhide__ = True
         options = self._cell_options(line)
         header = f"%%cache {line}".rstrip()
-        return run_cached_cell(self.shell, header, cell, options, get_cache(), self.stats)
+        return run_cached_cell(self.shell, header, cell, options, _cache_or_warn(), self.stats)
 
     @_magic_arguments()
     @_argument("action", nargs="?", metavar="use|clear", help="what to do")
@@ -166,6 +169,19 @@ class NbcacheMagics(Magics):  # type: ignore[misc]
             return configure(url)
         except ConfigurationError as error:
             raise UsageError(str(error)) from None
+
+
+def _cache_or_warn() -> Cache | None:
+    """The default cache, or None (and one warning) if it cannot be made: the cell still runs."""
+    try:
+        return get_cache()
+    except Exception as error:  # a bad NBCACHE_URL or a broken backend must not stop the cell
+        log.warning(
+            "nbcache: no cache available (%s: %s); running the cell without it",
+            type(error).__name__,
+            error,
+        )
+        return None
 
 
 def _timeout(text: str, where: str) -> float:

@@ -163,8 +163,16 @@ def test_a_cell_that_raises_is_not_cached_and_fails_as_usual(shell: InteractiveS
     assert isinstance(first.error, ZeroDivisionError)
     assert "before" in first.stdout and "ZeroDivisionError" in first.stdout
     assert "ratio = 1 / zero" in first.stdout, "the traceback shows the user's line"
+    assert "line 4" in first.stdout, "line numbers count the %%cache line, as in the notebook"
     second = run(shell, cell)
     assert isinstance(second.error, ZeroDivisionError) and runs(shell) == 2
+
+
+def test_a_syntax_error_is_reported_at_its_line_in_the_cell(shell: InteractiveShell):
+    ran = run(shell, "%%cache\nfine = 1\nbroken = (\n")
+    assert isinstance(ran.error, SyntaxError)
+    assert ran.error.lineno == 3
+    assert "fine" not in shell.user_ns
 
 
 def test_an_unpicklable_output_warns_once_by_name_and_the_cell_stands(
@@ -240,6 +248,21 @@ def test_a_dead_cache_server_never_stops_the_cell(
         assert ran.error is None and ran.result == 10
     assert runs(shell) == 2
     assert shell.user_ns["X"] == [10]
+
+
+def test_a_cache_that_cannot_be_made_never_stops_the_cell(
+    shell: InteractiveShell, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    caplog.set_level(logging.WARNING)
+    shell.run_cell("data = [5]")
+    with monkeypatch.context() as patch:
+        patch.setenv("NBCACHE_URL", "nowhere://at-all")
+        with pytest.raises(nbcache.ConfigurationError):
+            nbcache.configure(None)  # forgets the current cache, then fails to make one
+        ran = run(shell, SLOW_CELL)
+    assert ran.error is None and ran.result == 10 and shell.user_ns["X"] == [10]
+    (warning,) = nbcache_warnings(caplog)
+    assert "nowhere://" in warning and "without it" in warning
 
 
 def test_nbcache_shows_backend_and_session_stats(shell: InteractiveShell):
