@@ -36,6 +36,7 @@ from .cell_execution import run_body
 from .cell_output import RecordedOutput, record_output, replay_output
 from .exceptions import UnhashableValue, UnpicklableValueError
 from .fingerprint import function_fingerprint
+from .rebind import rebind_globals
 from .session_stats import SessionStats, format_seconds
 from .tokenize import value_digest
 
@@ -217,7 +218,8 @@ def _restore(
         log.warning("nbcache: ignored the entry for %s: it is not a cell entry", options.label)
         return None
     try:
-        bound: dict[str, Any] = payload["bound"]
+        namespace = shell.user_global_ns
+        bound = {name: rebind_globals(v, namespace) for name, v in payload["bound"].items()}
         shell.push(bound, interactive=True)
         for name in payload["deleted"]:
             shell.user_ns.pop(name, None)

@@ -224,6 +224,20 @@ def test_a_hit_leaves_alone_what_the_run_left_alone(shell: InteractiveShell):
     assert shell.user_ns["number"] == 7, "rebinding to an equal object is still a binding"
 
 
+def test_restored_functions_and_classes_read_the_notebook_globals(shell: InteractiveShell):
+    cell = (
+        "%%cache\n" + COUNTED + "def scaled(x):\n    return x * factor\n"
+        "class Scaler:\n    def apply(self, x):\n        return scaled(x)\n"
+        "    @staticmethod\n    def unit():\n        return factor\n"
+    )
+    shell.run_cell("factor = 2")
+    run(shell, cell)
+    run(shell, cell)
+    assert runs(shell) == 1
+    shell.run_cell("factor = 10")
+    assert run(shell, "scaled(1), Scaler().apply(1), Scaler.unit()").result == (10, 10, 10)
+
+
 def test_rich_output_is_replayed_and_a_semicolon_suppresses_the_result(shell: InteractiveShell):
     cell = (
         "%%cache\n" + COUNTED + "from IPython.display import HTML, display\n"
