@@ -56,12 +56,21 @@ def user_secret(path: Path | None = None) -> bytes:
         pass
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     secret = random_source.token_hex(32).encode()
+    # The file appears whole or not at all: a kernel starting at the same moment must never
+    # read it half-written. Write a private temporary file, then link it into place (a link
+    # never replaces an existing file, so the first kernel's secret wins for everyone).
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{random_source.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(secret)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(temporary, path)
     except FileExistsError:  # another kernel created it first: use theirs
         return _read_private(path)
-    with os.fdopen(fd, "wb") as file:
-        file.write(secret)
+    finally:
+        temporary.unlink(missing_ok=True)
     return secret
 
 
