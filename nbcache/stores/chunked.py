@@ -14,6 +14,10 @@ chunks are written first and the manifest last, so a reader sees either the prev
 (whose chunks are untouched) or the new one (whose chunks are all written). A chunk that is
 missing (evicted, or its writer died), has the wrong size, or a whole value whose digest does
 not match is a miss, logged at DEBUG: never an exception, never a mixed or corrupt value.
+
+When the inner store offers :class:`ChunkTransport` (memcached does), chunks are written from
+the caller's buffers in one pipelined call and read straight into the one buffer that becomes
+the value, so a big value is never copied on its way through this layer.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, total_size
 from nbcache.exceptions import StoreFault
@@ -46,6 +50,19 @@ ITEM_OVERHEAD = 1024
 #: Chunks live this much longer than their manifest, so a live manifest finds its chunks even
 #: though they were written before it. (The other way round would only cost misses.)
 CHUNK_TTL_MARGIN = 60.0
+
+
+@runtime_checkable
+class ChunkTransport(Protocol):
+    """What an inner store may offer to move many chunks without copying them."""
+
+    def set_chunks(self, items: Sequence[tuple[str, Sequence[Buffer]]], ttl: float | None) -> bool:
+        """Store every ``(key, buffers)`` item; True if all were stored."""
+        ...
+
+    def get_chunks_into(self, keys: Sequence[str], targets: Sequence[memoryview]) -> list[bool]:
+        """Read each key's value into its target; per key, True if found with that length."""
+        ...
 
 
 class _Manifest(NamedTuple):
@@ -139,6 +156,7 @@ class ChunkedStore:
     ) -> None:
         self.inner = inner
         self._max_item_size = max_item_size
+        self._transport = inner if isinstance(inner, ChunkTransport) else None
 
     # -- sizes ------------------------------------------------------------------------------
 
@@ -175,17 +193,9 @@ class ChunkedStore:
             else:
                 values[position] = decoded
         if manifests:
-            wanted = [
-                chunk_key(keys[position], manifest.write_id, index)
-                for position, manifest in manifests
-                for index in range(len(manifest.sizes))
-            ]
-            chunks = self.inner.get_many(wanted) if wanted else []
-            start = 0
-            for position, manifest in manifests:
-                end = start + len(manifest.sizes)
-                values[position] = self._assemble(keys[position], manifest, chunks[start:end])
-                start = end
+            read = self._read_values([(keys[position], m) for position, m in manifests])
+            for (position, _), value in zip(manifests, read, strict=True):
+                values[position] = value
         return values
 
     def gets(self, key: str) -> tuple[ReadValue | NoValue, CasToken | None]:
@@ -193,8 +203,7 @@ class ChunkedStore:
         record, token = self.inner.gets(key)
         decoded = self._decode_record(key, record)
         if isinstance(decoded, _Manifest):
-            chunks = self.inner.get_many(self._chunk_keys(key, decoded))
-            decoded = self._assemble(key, decoded, chunks)
+            decoded = self._read_values([(key, decoded)])[0]
         if decoded is NO_VALUE:
             return NO_VALUE, None
         return decoded, token
@@ -217,6 +226,56 @@ class ChunkedStore:
             return NO_VALUE if manifest is None else manifest
         logger.debug("chunked value %r: unknown record tag %r", key, tag)
         return NO_VALUE
+
+    def _read_values(self, wanted: Sequence[tuple[str, _Manifest]]) -> list[bytearray | NoValue]:
+        """The big values the manifests name, all chunks in one call; a miss for each broken one."""
+        if self._transport is not None:
+            return self._receive(self._transport, wanted)
+        chunk_keys = [
+            chunk for key, manifest in wanted for chunk in self._chunk_keys(key, manifest)
+        ]
+        chunks = self.inner.get_many(chunk_keys)
+        values: list[bytearray | NoValue] = []
+        start = 0
+        for key, manifest in wanted:
+            end = start + len(manifest.sizes)
+            values.append(self._assemble(key, manifest, chunks[start:end]))
+            start = end
+        return values
+
+    def _receive(
+        self, transport: ChunkTransport, wanted: Sequence[tuple[str, _Manifest]]
+    ) -> list[bytearray | NoValue]:
+        """Like :meth:`_read_values`, each value received into its final buffer (no copy)."""
+        buffers = [bytearray(manifest.total) for _, manifest in wanted]
+        chunk_keys: list[str] = []
+        targets: list[memoryview] = []
+        for (key, manifest), buffer in zip(wanted, buffers, strict=True):
+            view, offset = memoryview(buffer), 0
+            for index, size in enumerate(manifest.sizes):
+                chunk_keys.append(chunk_key(key, manifest.write_id, index))
+                targets.append(view[offset : offset + size])
+                offset += size
+        found = transport.get_chunks_into(chunk_keys, targets)
+        del targets  # the buffers are the caller's now, without views of ours on them
+        values: list[bytearray | NoValue] = []
+        start = 0
+        for (key, manifest), buffer in zip(wanted, buffers, strict=True):
+            arrived = found[start : start + len(manifest.sizes)]
+            start += len(manifest.sizes)
+            if not all(arrived):
+                logger.debug(
+                    "chunked value %r: chunk %d is missing or has the wrong size",
+                    key,
+                    arrived.index(False),
+                )
+                values.append(NO_VALUE)
+            elif _digest([buffer]) != manifest.digest:
+                logger.debug("chunked value %r: digest mismatch", key)
+                values.append(NO_VALUE)
+            else:
+                values.append(buffer)
+        return values
 
     def _assemble(
         self, key: str, manifest: _Manifest, chunks: Sequence[ReadValue | NoValue]
@@ -305,9 +364,7 @@ class ChunkedStore:
             return self.inner.add(key, record, ttl)
         decoded = self._decode_record(key, current)
         if isinstance(decoded, _Manifest):
-            decoded = self._assemble(
-                key, decoded, self.inner.get_many(self._chunk_keys(key, decoded))
-            )
+            decoded = self._read_values([(key, decoded)])[0]
         if decoded is not NO_VALUE:
             return False
         return self.inner.cas(key, record, ttl, token)
@@ -324,15 +381,15 @@ class ChunkedStore:
         views = _byte_views(value)
         chunk_ttl = None if ttl is None else ttl + CHUNK_TTL_MARGIN
         started = time.monotonic()
-        sizes: list[int] = []
-        keys: list[str] = []
-        for index, pieces in enumerate(_chunk_pieces(views, chunk_size)):
-            keys.append(chunk_key(key, write_id, index))
-            sizes.append(sum(piece.nbytes for piece in pieces))
-            if not self.inner.set(keys[-1], pieces, chunk_ttl):
-                logger.debug("chunked value %r: chunk %d was refused", key, index)
-                self._delete_quietly(keys)
-                return None
+        items = [
+            (chunk_key(key, write_id, index), pieces)
+            for index, pieces in enumerate(_chunk_pieces(views, chunk_size))
+        ]
+        keys = [chunk for chunk, _ in items]
+        sizes = [sum(piece.nbytes for piece in pieces) for _, pieces in items]
+        if not self._send_chunks(key, items, chunk_ttl):
+            self._delete_quietly(keys)
+            return None
         header = _MANIFEST_HEADER.pack(write_id, sum(sizes), len(sizes), _digest(views))
         manifest = b"".join([_MANIFEST_V1, header, struct.pack(f"<{len(sizes)}I", *sizes)])
         if ttl is None:
@@ -344,6 +401,21 @@ class ChunkedStore:
             self._delete_quietly(keys)
             return None
         return manifest, keys, min(ttl, remaining)
+
+    def _send_chunks(
+        self, key: str, items: list[tuple[str, list[memoryview]]], ttl: float | None
+    ) -> bool:
+        """Write every chunk; False (logged) if ``inner`` refused one."""
+        if self._transport is not None:
+            if self._transport.set_chunks(items, ttl):
+                return True
+            logger.debug("chunked value %r: a chunk was refused", key)
+            return False
+        for index, (chunk, pieces) in enumerate(items):
+            if not self.inner.set(chunk, pieces, ttl):
+                logger.debug("chunked value %r: chunk %d was refused", key, index)
+                return False
+        return True
 
     def _delete_quietly(self, keys: Sequence[str]) -> None:
         """Best-effort cleanup of chunks nobody reads: a fault only leaves them to expire."""

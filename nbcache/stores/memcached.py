@@ -10,6 +10,9 @@ What it guarantees, and why each point matters for a cache shared by notebooks:
 * Several servers share keys by rendezvous hashing. A dead server's keys are never moved to
   another server: its reads fail, its writes fail, and when it comes back it holds no value
   that a newer write elsewhere would have to beat.
+* The chunks of big values (:meth:`MemcachedStore.set_chunks`,
+  :meth:`MemcachedStore.get_chunks_into`) bypass pymemcache's copies: they are sent from the
+  caller's buffers and received into the caller's buffer (:mod:`nbcache.stores.memcached_bulk`).
 * Faults raise :class:`~nbcache.exceptions.StoreFault`, never a socket or pymemcache error.
   A per-server :class:`~nbcache.stores.breaker.CircuitBreaker` makes calls to a dead server
   fail in microseconds during a cool-down, then lets one trial call through; one WARNING on
@@ -21,16 +24,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from nbcache.api import NO_VALUE, Buffer, CasToken, NoValue, join
 from nbcache.exceptions import ConfigurationError, StoreFault
+from nbcache.stores import memcached_bulk
 from nbcache.stores.breaker import CircuitBreaker
 from nbcache.stores.memcached_keys import memcached_key
+from nbcache.stores.memcached_pool import Refused, ServerConnection
 
 if TYPE_CHECKING:
     import ssl
@@ -103,158 +106,11 @@ def rendezvous_owner(seeds: list[bytes], key: str) -> str:
     return best[:-1].decode()
 
 
-class _Refused(StoreFault):
-    """The server answered but would not store the value (too large, out of memory)."""
-
-
-class ServerConnection:
-    """One memcached server: a pool of pymemcache clients behind a circuit breaker."""
-
-    def __init__(
-        self,
-        address: str,
-        new_client: Callable[[], Client],
-        max_idle: int,
-        breaker: CircuitBreaker,
-    ) -> None:
-        self.address = address
-        self.breaker = breaker
-        self._new_client = new_client
-        self._max_idle = max_idle
-        self._idle: list[Client] = []
-        self._lock = threading.Lock()
-        self._last_error = ""
-        # A store dropped without close() still closes its sockets (no ResourceWarning).
-        weakref.finalize(self, _close_all, self._idle)
-
-    def run(self, operation: Callable[[Client], T]) -> T:
-        """``operation`` on a pooled client, guarded by the breaker.
-
-        Raises :class:`StoreFault` when the server is unreachable, times out, or the breaker
-        is open; ``_Refused`` when the server answered with a SERVER_ERROR.
-        """
-        from pymemcache.exceptions import MemcacheServerError
-
-        if not self.breaker.allow():
-            raise StoreFault(
-                f"memcached server {self.address} is unavailable ({self._last_error}); "
-                f"next try in {self.breaker.retry_in():.1f} s"
-            )
-        try:
-            result = self._run_on_pool(operation)
-        except BaseException as error:
-            reachable = self._answered(error)
-            if reachable is None:
-                # Says nothing about the server (a bug, an interrupt): re-arm a pending trial.
-                self.breaker.abandoned()
-                raise
-            self._record(reachable, error)
-            if reachable and isinstance(error, MemcacheServerError):
-                raise _Refused(f"memcached server {self.address} refused: {error}") from error
-            raise StoreFault(
-                f"memcached server {self.address} failed: {_describe(error)}"
-            ) from error
-        self._record(True, None)
-        return result
-
-    def _answered(self, error: BaseException) -> bool | None:
-        """True if the server answered (refusal, bad request), False if it could not be
-        reached, None for errors that say nothing about the server."""
-        from pymemcache.exceptions import (
-            MemcacheClientError,
-            MemcacheError,
-            MemcacheServerError,
-            MemcacheUnexpectedCloseError,
-        )
-
-        if isinstance(error, MemcacheUnexpectedCloseError):
-            return False
-        if isinstance(error, (MemcacheServerError, MemcacheClientError)):
-            return True
-        if isinstance(error, (OSError, MemcacheError)):
-            return False  # refused, reset, timed out, TLS failure, or a garbled reply
-        return None
-
-    def _run_on_pool(self, operation: Callable[[Client], T]) -> T:
-        from pymemcache.exceptions import MemcacheUnexpectedCloseError
-
-        client = self._checkout()
-        reused = client.sock is not None
-        try:
-            result = operation(client)
-        except (MemcacheUnexpectedCloseError, ConnectionError) as error:
-            client.close()
-            if not reused:
-                raise
-            # A pooled connection found closed: the server restarted since it was last used.
-            # Every idle connection is as stale; retry once on a fresh one.
-            logger.debug("stale connection to %s (%s); reconnecting", self.address, error)
-            self.drop_idle()
-            client = self._new_client()
-            try:
-                result = operation(client)
-            except BaseException:
-                client.close()
-                raise
-        except BaseException:
-            client.close()
-            raise
-        self._checkin(client)
-        return result
-
-    def _record(self, reachable: bool, error: BaseException | None) -> None:
-        if reachable:
-            if self.breaker.succeeded():
-                logger.info("memcached server %s is back", self.address)
-            return
-        assert error is not None
-        self._last_error = _describe(error)
-        self.drop_idle()
-        if self.breaker.failed():
-            logger.warning(
-                "memcached server %s failed (%s): its keys read as misses and writes to them "
-                "fail until it answers again; retrying in %.1f s",
-                self.address,
-                self._last_error,
-                self.breaker.cooldown,
-            )
-
-    def _checkout(self) -> Client:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self._new_client()
-
-    def _checkin(self, client: Client) -> None:
-        with self._lock:
-            if len(self._idle) < self._max_idle:
-                self._idle.append(client)
-                return
-        client.close()
-
-    def drop_idle(self) -> None:
-        """Close every idle connection (calls in progress keep theirs)."""
-        with self._lock:
-            idle = self._idle.copy()
-            self._idle.clear()
-        _close_all(idle)
-
-
-def _close_all(clients: list[Client]) -> None:
-    for client in clients:
-        client.close()
-
-
 def _get_many_of(names: list[bytes]) -> Callable[[Client], dict[bytes, Any]]:
     def get_many(client: Client) -> dict[bytes, Any]:
         return client.get_many(names)  # type: ignore[no-any-return]
 
     return get_many
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class MemcachedStore:
@@ -376,7 +232,7 @@ class MemcachedStore:
     def _read(self, mapped: str, operation: Callable[[Client], T]) -> T:
         try:
             return self._server(mapped).run(operation)
-        except _Refused as error:
+        except Refused as error:
             raise StoreFault(str(error)) from error
 
     # -- writes -----------------------------------------------------------------------
@@ -415,9 +271,73 @@ class MemcachedStore:
 
         try:
             return self._server(mapped).run(write) is True
-        except _Refused as error:
+        except Refused as error:
             logger.debug("%s", error)
             return False
+
+    # -- chunks of big values, without copies ------------------------------------------
+
+    def set_chunks(self, items: Sequence[tuple[str, Sequence[Buffer]]], ttl: float | None) -> bool:
+        """Store every ``(key, buffers)`` item, pipelined per server; True if all were stored.
+
+        The buffers are sent where they lie, never joined. False if a server refused any item
+        (over its item limit, out of memory): the others may be stored. Raises
+        :class:`StoreFault` if a server failed.
+        """
+        expire = memcached_expiry(ttl)
+        by_server: dict[ServerConnection, list[tuple[bytes, list[memoryview]]]] = {}
+        for key, value in items:
+            mapped = self._map(key)
+            item = (mapped.encode("ascii"), _flat_views(value))
+            by_server.setdefault(self._server(mapped), []).append(item)
+        stored = True
+        for server, server_items in by_server.items():
+
+            def send(client: Client, server_items: list[Any] = server_items) -> list[bool]:
+                return memcached_bulk.set_items(
+                    memcached_bulk.connected_socket(client), server_items, expire
+                )
+
+            try:
+                refused = not all(server.run(send))
+            except Refused as error:
+                raise StoreFault(str(error)) from error
+            if refused:
+                logger.debug("memcached server %s refused a chunk", server.address)
+                stored = False
+        return stored
+
+    def get_chunks_into(self, keys: Sequence[str], targets: Sequence[memoryview]) -> list[bool]:
+        """Read the value of each key straight into the target at the same position.
+
+        Per key: True if the value was there with exactly the target's length. Keys must be
+        distinct; targets flat writable byte views (slices of one buffer, typically). Raises
+        :class:`StoreFault` if a server failed (a value missing a chunk is unusable anyway).
+        """
+        by_server: dict[ServerConnection, tuple[list[bytes], list[memoryview], list[int]]] = {}
+        for index, (key, target) in enumerate(zip(keys, targets, strict=True)):
+            mapped = self._map(key)
+            names, views, positions = by_server.setdefault(self._server(mapped), ([], [], []))
+            names.append(mapped.encode("ascii"))
+            views.append(target)
+            positions.append(index)
+        found = [False] * len(keys)
+        for server, (names, views, positions) in by_server.items():
+
+            def receive(
+                client: Client, names: list[bytes] = names, views: list[memoryview] = views
+            ) -> list[bool]:
+                return memcached_bulk.get_into(
+                    memcached_bulk.connected_socket(client), names, views
+                )
+
+            try:
+                server_found = server.run(receive)
+            except Refused as error:
+                raise StoreFault(str(error)) from error
+            for position, ok in zip(positions, server_found, strict=True):
+                found[position] = ok
+        return found
 
     def delete(self, key: str) -> bool:
         mapped = self._map(key)
@@ -469,3 +389,15 @@ class MemcachedStore:
     def max_value_size(self) -> int:
         """The largest value every server stores: ``max_item_size`` less the item overhead."""
         return self.max_item_size - ITEM_OVERHEAD
+
+
+def _flat_views(value: Sequence[Buffer]) -> list[memoryview]:
+    """Unsigned-byte views of the caller's buffers (no copy), empty ones left out."""
+    views = []
+    for part in value:
+        view = memoryview(part)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if view.nbytes:
+            views.append(view)
+    return views

@@ -1,0 +1,257 @@
+"""Many items through one memcached connection without copying them: the bulk transport.
+
+pymemcache joins a value into the command it sends and reads replies 4 KiB per ``recv``,
+copying a value about three times on the way in; for the chunks of a big value that caps a
+transfer near 1 GB/s. These functions speak the text protocol on the connection's socket
+instead:
+
+* :func:`set_items` sends each item as ``[command line, the caller's buffers..., CRLF]`` with
+  ``sendmsg`` (scatter-gather: the buffers are sent where they lie), pipelined, and reads
+  every reply (``noreply`` stays off, so a refused item is reported, never assumed stored);
+* :func:`get_into` sends ``get`` commands and ``recv_into``\\ s each value straight into the
+  caller's buffer for it: the bytes are written once, into their final place.
+
+Both raise pymemcache's exceptions or ``OSError`` on faults, like pymemcache itself, so the
+connection pool classifies them the same way; a connection that raised must be discarded (the
+pool does): its socket may hold half a reply.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from pymemcache.client.base import Client
+
+#: Items sent before their replies are read. Bounded so that unread replies (8 bytes each)
+#: can never fill the socket buffers and stall both sides.
+SEND_WINDOW = 64
+#: Keys per ``get`` command. memcached takes longer lines, but a bounded line lets the next
+#: command be sent while the values of this one arrive, with no risk of both sides blocking.
+KEYS_PER_GET = 64
+#: Bytes asked for when a reply line is expected. Small, because whatever arrives after the
+#: line (the start of a value) is copied once more on its way to the caller's buffer.
+LINE_READ = 4096
+
+
+def connected_socket(client: Client) -> socket.socket:
+    """The socket of a pooled pymemcache client, connecting it first if needed.
+
+    The client sets its timeouts (connect, then per-operation) on the socket, so every
+    ``send``/``recv`` here is bounded by the store's ``timeout``.
+    """
+    if client.sock is None:
+        client._connect()  # pymemcache connects lazily; this is how it does so itself
+    sock: socket.socket | None = client.sock
+    assert sock is not None
+    return sock
+
+
+def set_items(
+    sock: socket.socket, items: Sequence[tuple[bytes, Sequence[memoryview]]], expire: int
+) -> list[bool]:
+    """``set`` each ``(name, buffers)`` item; per item, True if stored, False if refused.
+
+    ``name`` is a valid memcached key; the buffers are flat byte views whose concatenation is
+    the value. A refusal (``NOT_STORED``, ``SERVER_ERROR``: over the item limit, out of
+    memory) leaves the connection usable. Raises on faults and on replies out of protocol.
+    """
+    reader = _ReplyReader(sock)
+    stored: list[bool] = []
+    in_flight = 0
+    for name, buffers in items:
+        size = sum(buffer.nbytes for buffer in buffers)
+        command = b"set %s 0 %d %d\r\n" % (name, expire, size)
+        _send(sock, [command, *buffers, b"\r\n"])
+        in_flight += 1
+        if in_flight == SEND_WINDOW:
+            stored.append(_stored(reader.line()))
+            in_flight -= 1
+    for _ in range(in_flight):
+        stored.append(_stored(reader.line()))
+    return stored
+
+
+def get_into(
+    sock: socket.socket, names: Sequence[bytes], targets: Sequence[memoryview]
+) -> list[bool]:
+    """Read the value of each of ``names`` into the target at the same position.
+
+    Per name: True if its value was found with exactly the target's length and written into
+    it; False if missing or of another length (the target's content is then unspecified).
+    Names must be distinct valid memcached keys; targets flat writable byte views.
+    """
+    if len(names) != len(targets):
+        raise ValueError(f"{len(names)} names but {len(targets)} targets")
+    position = {name: index for index, name in enumerate(names)}
+    if len(position) != len(names):
+        raise ValueError("get_into needs distinct names")
+    found = [False] * len(names)
+    batches = [names[start : start + KEYS_PER_GET] for start in range(0, len(names), KEYS_PER_GET)]
+    if not batches:
+        return found
+    reader = _ReplyReader(sock)
+    sock.sendall(_get_command(batches[0]))
+    for index in range(len(batches)):
+        if index + 1 < len(batches):
+            # The next command waits in the server's socket buffer while this one's values come.
+            sock.sendall(_get_command(batches[index + 1]))
+        _read_values(reader, position, targets, found)
+    return found
+
+
+def _get_command(names: Sequence[bytes]) -> bytes:
+    return b"get " + b" ".join(names) + b"\r\n"
+
+
+def _read_values(
+    reader: _ReplyReader,
+    position: dict[bytes, int],
+    targets: Sequence[memoryview],
+    found: list[bool],
+) -> None:
+    """Read one ``get`` reply (values, then ``END``) into ``targets``."""
+    from pymemcache.exceptions import MemcacheUnknownError
+
+    while True:
+        line = reader.line()
+        if line == b"END":
+            return
+        fields = line.split()
+        if len(fields) != 4 or fields[0] != b"VALUE" or not fields[3].isdigit():
+            _raise_error_reply(line)
+        name, size = fields[1], int(fields[3])
+        index = position.get(name)
+        if index is None or found[index]:
+            raise MemcacheUnknownError(f"unexpected value for key {name[:64]!r}")
+        if size == targets[index].nbytes:
+            reader.read_into(targets[index])
+            found[index] = True
+        else:
+            reader.skip(size)
+        reader.expect_line_end()
+
+
+def _stored(line: bytes) -> bool:
+    if line == b"STORED":
+        return True
+    if line == b"NOT_STORED" or line.startswith(b"SERVER_ERROR"):
+        # memcached has consumed the value's bytes: the connection is still in step.
+        return False
+    _raise_error_reply(line)
+
+
+def _raise_error_reply(line: bytes) -> NoReturn:
+    from pymemcache.exceptions import (
+        MemcacheClientError,
+        MemcacheServerError,
+        MemcacheUnknownCommandError,
+        MemcacheUnknownError,
+    )
+
+    text = line[:200].decode("ascii", "replace")
+    if line.startswith(b"CLIENT_ERROR"):
+        raise MemcacheClientError(text)
+    if line.startswith(b"SERVER_ERROR"):
+        raise MemcacheServerError(text)
+    if line == b"ERROR":
+        raise MemcacheUnknownCommandError(text)
+    raise MemcacheUnknownError(f"unexpected reply {text!r}")
+
+
+def _send(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
+    """Send every part, in order, without joining them."""
+    if not hasattr(sock, "sendmsg") or _is_tls(sock):
+        # TLS sockets have no sendmsg; each part is encrypted from where it lies anyway.
+        for part in parts:
+            sock.sendall(part)
+        return
+    pending = [memoryview(part) for part in parts]
+    while pending:
+        # A socket with a timeout sends what fits, and says how much.
+        sent = sock.sendmsg(pending)
+        while pending and sent >= pending[0].nbytes:
+            sent -= pending[0].nbytes
+            pending.pop(0)
+        if sent:
+            pending[0] = pending[0][sent:]
+
+
+def _is_tls(sock: socket.socket) -> bool:
+    import sys
+
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+
+
+class _ReplyReader:
+    """Reply lines from a socket, and values read straight into the caller's memory."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray(LINE_READ * 2)
+        self._start = 0
+        self._end = 0
+
+    def line(self) -> bytes:
+        """The next line, without its CRLF."""
+        while True:
+            cut = self._buffer.find(b"\r\n", self._start, self._end)
+            if cut >= 0:
+                line = bytes(self._buffer[self._start : cut])
+                self._start = cut + 2
+                return line
+            self._fill()
+
+    def read_into(self, target: memoryview) -> None:
+        """Fill ``target`` exactly: first with what is buffered, then from the socket."""
+        size = target.nbytes
+        have = min(self._end - self._start, size)
+        if have:
+            target[:have] = self._buffer[self._start : self._start + have]
+            self._start += have
+        offset = have
+        while offset < size:
+            received = self._sock.recv_into(target[offset:])
+            if not received:
+                _closed()
+            offset += received
+
+    def skip(self, size: int) -> None:
+        """Drop the next ``size`` bytes (a value nobody wants in that shape)."""
+        scratch = memoryview(bytearray(min(size, 1 << 20)))
+        while size:
+            take = min(size, scratch.nbytes)
+            self.read_into(scratch[:take])
+            size -= take
+
+    def expect_line_end(self) -> None:
+        """Consume the CRLF after a value."""
+        from pymemcache.exceptions import MemcacheUnknownError
+
+        if self.line() != b"":
+            raise MemcacheUnknownError("a value was not followed by CRLF")
+
+    def _fill(self) -> None:
+        if self._start:
+            # Keep only the unread part, at the front.
+            remaining = self._end - self._start
+            self._buffer[:remaining] = self._buffer[self._start : self._end]
+            self._start, self._end = 0, remaining
+        if self._end >= LINE_READ:
+            from pymemcache.exceptions import MemcacheUnknownError
+
+            raise MemcacheUnknownError("reply line too long")
+        view = memoryview(self._buffer)
+        received = self._sock.recv_into(view[self._end : self._end + LINE_READ])
+        if not received:
+            _closed()
+        self._end += received
+
+
+def _closed() -> NoReturn:
+    from pymemcache.exceptions import MemcacheUnexpectedCloseError
+
+    raise MemcacheUnexpectedCloseError()

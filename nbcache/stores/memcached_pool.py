@@ -1,0 +1,172 @@
+"""One memcached server: a pool of pymemcache connections behind a circuit breaker.
+
+A thread takes a connection from the pool for one call and gives it back afterwards, so
+replies never cross between threads. A connection whose call failed in any way is closed,
+never pooled again: a half-read reply must not be the next caller's answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from nbcache.exceptions import StoreFault
+from nbcache.stores.breaker import CircuitBreaker
+
+if TYPE_CHECKING:
+    from pymemcache.client.base import Client
+
+# The messages of the pool belong to the memcached store's logger (one place to configure).
+logger = logging.getLogger("nbcache.stores.memcached")
+
+T = TypeVar("T")
+
+
+class Refused(StoreFault):
+    """The server answered but would not store the value (too large, out of memory)."""
+
+
+class ServerConnection:
+    """One memcached server: a pool of pymemcache clients behind a circuit breaker."""
+
+    def __init__(
+        self,
+        address: str,
+        new_client: Callable[[], Client],
+        max_idle: int,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self.address = address
+        self.breaker = breaker
+        self._new_client = new_client
+        self._max_idle = max_idle
+        self._idle: list[Client] = []
+        self._lock = threading.Lock()
+        self._last_error = ""
+        # A store dropped without close() still closes its sockets (no ResourceWarning).
+        weakref.finalize(self, _close_all, self._idle)
+
+    def run(self, operation: Callable[[Client], T]) -> T:
+        """``operation`` on a pooled client, guarded by the breaker.
+
+        Raises :class:`StoreFault` when the server is unreachable, times out, or the breaker
+        is open; ``Refused`` when the server answered with a SERVER_ERROR.
+        """
+        from pymemcache.exceptions import MemcacheServerError
+
+        if not self.breaker.allow():
+            raise StoreFault(
+                f"memcached server {self.address} is unavailable ({self._last_error}); "
+                f"next try in {self.breaker.retry_in():.1f} s"
+            )
+        try:
+            result = self._run_on_pool(operation)
+        except BaseException as error:
+            reachable = self._answered(error)
+            if reachable is None:
+                # Says nothing about the server (a bug, an interrupt): re-arm a pending trial.
+                self.breaker.abandoned()
+                raise
+            self._record(reachable, error)
+            if reachable and isinstance(error, MemcacheServerError):
+                raise Refused(f"memcached server {self.address} refused: {error}") from error
+            raise StoreFault(
+                f"memcached server {self.address} failed: {_describe(error)}"
+            ) from error
+        self._record(True, None)
+        return result
+
+    def _answered(self, error: BaseException) -> bool | None:
+        """True if the server answered (refusal, bad request), False if it could not be
+        reached, None for errors that say nothing about the server."""
+        from pymemcache.exceptions import (
+            MemcacheClientError,
+            MemcacheError,
+            MemcacheServerError,
+            MemcacheUnexpectedCloseError,
+        )
+
+        if isinstance(error, MemcacheUnexpectedCloseError):
+            return False
+        if isinstance(error, (MemcacheServerError, MemcacheClientError)):
+            return True
+        if isinstance(error, (OSError, MemcacheError)):
+            return False  # refused, reset, timed out, TLS failure, or a garbled reply
+        return None
+
+    def _run_on_pool(self, operation: Callable[[Client], T]) -> T:
+        from pymemcache.exceptions import MemcacheUnexpectedCloseError
+
+        client = self._checkout()
+        reused = client.sock is not None
+        try:
+            result = operation(client)
+        except (MemcacheUnexpectedCloseError, ConnectionError) as error:
+            client.close()
+            if not reused:
+                raise
+            # A pooled connection found closed: the server restarted since it was last used.
+            # Every idle connection is as stale; retry once on a fresh one.
+            logger.debug("stale connection to %s (%s); reconnecting", self.address, error)
+            self.drop_idle()
+            client = self._new_client()
+            try:
+                result = operation(client)
+            except BaseException:
+                client.close()
+                raise
+        except BaseException:
+            client.close()
+            raise
+        self._checkin(client)
+        return result
+
+    def _record(self, reachable: bool, error: BaseException | None) -> None:
+        if reachable:
+            if self.breaker.succeeded():
+                logger.info("memcached server %s is back", self.address)
+            return
+        assert error is not None
+        self._last_error = _describe(error)
+        self.drop_idle()
+        if self.breaker.failed():
+            logger.warning(
+                "memcached server %s failed (%s): its keys read as misses and writes to them "
+                "fail until it answers again; retrying in %.1f s",
+                self.address,
+                self._last_error,
+                self.breaker.cooldown,
+            )
+
+    def _checkout(self) -> Client:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._new_client()
+
+    def _checkin(self, client: Client) -> None:
+        with self._lock:
+            if len(self._idle) < self._max_idle:
+                self._idle.append(client)
+                return
+        client.close()
+
+    def drop_idle(self) -> None:
+        """Close every idle connection (calls in progress keep theirs)."""
+        with self._lock:
+            idle = self._idle.copy()
+            self._idle.clear()
+        _close_all(idle)
+
+
+def _close_all(clients: list[Client]) -> None:
+    for client in clients:
+        client.close()
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
