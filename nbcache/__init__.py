@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from .caches import SimpleCache as SimpleCache
     from .config import configure as configure
     from .config import get_cache as get_cache
+    from .decorator import cached_result as cached_result
     from .exceptions import ConfigurationError as ConfigurationError
     from .exceptions import NbcacheError as NbcacheError
-    from .decorator import cached_result as cached_result
     from .exceptions import UnpicklableValueError as UnpicklableValueError
     from .tokenize import register_token as register_token
 
