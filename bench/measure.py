@@ -1,0 +1,138 @@
+"""What one benchmark subprocess measures for one contestant on one workload.
+
+Every measurement runs in a fresh process, so contestants never share memory, caches or
+allocator state. ``timing`` gives the bare function's time, the hit time and the miss
+overhead; ``peak_memory`` gives the resident memory one hit adds at its peak.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import peers
+import workloads
+
+
+def median_call_seconds(call: Callable[[], Any], budget: float, min_repeats: int = 3) -> dict:
+    """Median seconds per call, repeats scaled to ``budget``: fast calls get many more.
+
+    Calls under a millisecond are timed in loops of about a millisecond each, so the
+    clock's own cost does not count; each loop is one sample. Slow calls are timed one by
+    one, ``min_repeats`` times at least (their first call counts: it is a hit like the rest).
+    """
+    samples = []
+    began = time.perf_counter()
+    call()
+    first = time.perf_counter() - began
+    per_sample = 1
+    if first < 1e-3:
+        per_sample = max(1, int(1e-3 / max(first, 1e-8)))
+    else:
+        samples.append(first)
+    while len(samples) < 2000 and (
+        len(samples) < min_repeats or time.perf_counter() - began < budget
+    ):
+        started = time.perf_counter()
+        for _ in range(per_sample):
+            call()
+        samples.append((time.perf_counter() - started) / per_sample)
+    return {"median": statistics.median(samples), "calls": len(samples) * per_sample}
+
+
+def timing(workload_name: str, contestant: str, env: peers.Env, quick: bool) -> dict:
+    """Bare time, hit time and miss overhead of ``contestant`` on the workload."""
+    workload = workloads.build(workload_name, quick)
+    small = workload_name == "small"
+    budget = (0.3 if quick else 2.0) if small else (0.4 if quick else 2.0)
+    bare = workload.function
+    hit_args = workload.hit_args
+    report: dict[str, Any] = {"result_bytes": workload.result_bytes()}
+    gc.collect()
+    bare_time = median_call_seconds(lambda: bare(*hit_args), budget / 2)
+    report.update(bare=bare_time["median"], bare_calls=bare_time["calls"])
+    cached, close = peers.make(contestant, bare, env)
+    try:
+        if peers.by_name(contestant).is_cache:
+            cold = cold_calls(cached, workload, 30 if small else 2 if quick else 3)
+            report.update(cold=cold["median"], cold_calls=cold["calls"])
+            report["miss_overhead"] = cold["median"] - bare_time["median"]
+        cached(*hit_args)  # fill
+        cached(*hit_args)  # first hit: connections, imports, lazily built state
+        gc.collect()
+        hit = median_call_seconds(lambda: cached(*hit_args), budget)
+        report.update(hit=hit["median"], hit_calls=hit["calls"])
+        if small:
+            report["peak_memory"] = traced_peak_bytes(lambda: cached(*hit_args))
+            report["peak_memory_method"] = "tracemalloc"
+    finally:
+        close()
+    return report
+
+
+def cold_calls(cached: Callable[..., Any], workload: workloads.Workload, count: int) -> dict:
+    """Median seconds of first calls on arguments never seen before."""
+    seconds = []
+    for i in range(count):
+        args = workload.fresh(i)
+        gc.collect()
+        started = time.perf_counter()
+        result = cached(*args)
+        seconds.append(time.perf_counter() - started)
+        del args, result
+    gc.collect()
+    return {"median": statistics.median(seconds), "calls": count}
+
+
+def traced_peak_bytes(call: Callable[[], Any]) -> int:
+    """Peak bytes Python's allocator (and numpy) held during one call, above the start."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        result = call()
+        peak = tracemalloc.get_traced_memory()[1]
+        del result
+    finally:
+        tracemalloc.stop()
+    return peak - start
+
+
+def peak_memory(workload_name: str, contestant: str, env: peers.Env, quick: bool) -> dict:
+    """Resident bytes one hit adds at its peak: VmHWM after the hit minus VmRSS before.
+
+    The peak is reset first (``/proc/self/clear_refs``), and the parent runs this process
+    with glibc's mmap threshold fixed low so big blocks freed earlier go back to the system
+    instead of being reused silently. The result is kept alive until the reading.
+    """
+    workload = workloads.build(workload_name, quick)
+    cached, close = peers.make(contestant, workload.function, env)
+    try:
+        cached(*workload.hit_args)  # a hit if the timing run left the entry, else a fill
+        gc.collect()
+        reset_peak_rss()
+        before = rss_bytes("VmRSS")
+        result = cached(*workload.hit_args)
+        peak = rss_bytes("VmHWM")
+        del result
+    finally:
+        close()
+    return {"peak_memory": peak - before, "peak_memory_method": "rss"}
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as control:
+        control.write("5")
+
+
+def rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} is not in /proc/self/status")

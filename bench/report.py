@@ -1,0 +1,258 @@
+"""The benchmark's markdown report: machine, table of figures, and the issue's targets.
+
+``results`` is what ``run.py`` collects: ``{"machine": {...}, "workloads": {name: {"label",
+"result_bytes", "bare", "contestants": {contestant: figures}}}}``; figures are seconds and
+bytes. Everything printed here can be pasted into the README as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+NBCACHE_MEMORY = "nbcache SimpleCache"
+NBCACHE_MEMCACHED = "nbcache MemcachedCache"
+FLOOR = "floor: dict + xxh3"
+JOBLIB = "joblib.Memory"
+
+
+def machine(memcached_version: str) -> dict[str, Any]:
+    """Where and when this run happened."""
+    import numpy
+    import pandas
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "memcached": memcached_version,
+        "commit": commit or "unknown",
+        "platform": platform.platform(),
+    }
+
+
+def seconds_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    magnitude = abs(seconds)
+    if magnitude < 1e-6:
+        return f"{seconds * 1e9:.0f} ns"
+    if magnitude < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if magnitude < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def bytes_text(count: float | None) -> str:
+    if count is None:
+        return "—"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(count) >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:.0f} B"
+
+
+def table(results: dict[str, Any]) -> str:
+    """One row per workload and contestant: hit, calls timed, miss overhead, peak memory."""
+    lines = [
+        "| workload | contestant | hit (median) | hit speed | miss overhead | peak memory, hit |",
+        "|---|---|---|---|---|---|",
+    ]
+    for workload in results["workloads"].values():
+        label = workload["label"]
+        size = workload["result_bytes"]
+        lines.append(
+            f"| {label} | *bare function* (result {bytes_text(size)}) | "
+            f"{seconds_text(workload['bare'])} | | | |"
+        )
+        for name, figures in workload["contestants"].items():
+            if "error" in figures:
+                lines.append(f"| {label} | {name} | failed: {figures['error']} | | | |")
+                continue
+            hit = figures.get("hit")
+            speed = "" if hit is None or size < 2**20 else f"{size / hit / 1e9:.2f} GB/s"
+            method = figures.get("peak_memory_method")
+            memory = bytes_text(figures.get("peak_memory"))
+            if method == "tracemalloc":
+                memory += " (tracemalloc)"
+            lines.append(
+                f"| {label} | {name} | {seconds_text(hit)} ({figures.get('hit_calls', '?')} calls) "
+                f"| {speed} | {seconds_text(figures.get('miss_overhead'))} | {memory} |"
+            )
+    return "\n".join(lines)
+
+
+@dataclass
+class Target:
+    """One target of the issue: a ratio of two figures in this run, and its bound."""
+
+    text: str
+    workload: str
+    ratio_text: str
+    bound: float
+    at_most: bool  # True: ratio <= bound; False: ratio >= bound
+
+    def ratio(self, figures: dict[str, dict[str, Any]], workload: dict[str, Any]) -> float:
+        raise NotImplementedError
+
+
+@dataclass
+class RatioTarget(Target):
+    top: tuple[str, str] = ("", "")  # (contestant, figure)
+    bottom: tuple[str, str] = ("", "")
+
+    def ratio(self, figures: dict[str, dict[str, Any]], workload: dict[str, Any]) -> float:
+        return float(figures[self.top[0]][self.top[1]] / figures[self.bottom[0]][self.bottom[1]])
+
+
+@dataclass
+class SpeedTarget(Target):
+    contestant: str = ""
+
+    def ratio(self, figures: dict[str, dict[str, Any]], workload: dict[str, Any]) -> float:
+        return float(workload["result_bytes"] / figures[self.contestant]["hit"] / 1e9)
+
+
+@dataclass
+class MemoryTarget(Target):
+    contestant: str = ""
+
+    def ratio(self, figures: dict[str, dict[str, Any]], workload: dict[str, Any]) -> float:
+        return float(figures[self.contestant]["peak_memory"] / workload["result_bytes"])
+
+
+def targets() -> list[Target]:
+    """The targets of issue 6, each as the ratio it names."""
+    memory, memcached = NBCACHE_MEMORY, NBCACHE_MEMCACHED
+    found: list[Target] = [
+        RatioTarget(
+            "small hit on SimpleCache <= 3x the floor", "small", "nbcache SimpleCache / floor",
+            3, at_most=True, top=(memory, "hit"), bottom=(FLOOR, "hit"),
+        ),
+        RatioTarget(
+            "small hit on SimpleCache >= 20x faster than joblib.Memory", "small",
+            "joblib / nbcache SimpleCache", 20, at_most=False,
+            top=(JOBLIB, "hit"), bottom=(memory, "hit"),
+        ),
+        RatioTarget(
+            "small hit on memcached <= 1.3x one raw pymemcache get", "small",
+            "nbcache MemcachedCache / raw get", 1.3, at_most=True,
+            top=(memcached, "hit"), bottom=("raw pymemcache get", "hit"),
+        ),
+        RatioTarget(
+            "array hit through memcached >= 3x faster than joblib.Memory", "array",
+            "joblib / nbcache MemcachedCache", 3, at_most=False,
+            top=(JOBLIB, "hit"), bottom=(memcached, "hit"),
+        ),
+        SpeedTarget(
+            "array hit through memcached moves >= 3 GB/s", "array",
+            "GB/s, nbcache MemcachedCache", 3, at_most=False, contestant=memcached,
+        ),
+        RatioTarget(
+            "array hit in-process <= 1.5x the floor", "array", "nbcache SimpleCache / floor",
+            1.5, at_most=True, top=(memory, "hit"), bottom=(FLOOR, "hit"),
+        ),
+    ]  # fmt: skip
+    for contestant in (memcached, memory):
+        found.append(
+            RatioTarget(
+                f"DataFrame hit >= 10x faster than joblib.Memory ({contestant})", "frame",
+                f"joblib / {contestant}", 10, at_most=False,
+                top=(JOBLIB, "hit"), bottom=(contestant, "hit"),
+            )
+        )  # fmt: skip
+    for contestant in (memory, memcached):
+        found.append(
+            RatioTarget(
+                f"array miss overhead <= 1.5x the floor's ({contestant})", "array",
+                f"{contestant} / floor", 1.5, at_most=True,
+                top=(contestant, "miss_overhead"), bottom=(FLOOR, "miss_overhead"),
+            )
+        )  # fmt: skip
+    for workload in ("array", "frame"):
+        for contestant in (memory, memcached):
+            found.append(
+                MemoryTarget(
+                    f"{workload} hit peak memory <= result size + 10 % ({contestant})",
+                    workload, "peak / result size", 1.1, at_most=True, contestant=contestant,
+                )
+            )  # fmt: skip
+    return found
+
+
+def target_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its ratio in this run and whether it is met."""
+    rows = []
+    for target in targets():
+        workload = results["workloads"].get(target.workload)
+        row: dict[str, Any] = {"target": target.text, "ratio_of": target.ratio_text}
+        try:
+            if workload is None:
+                raise KeyError(target.workload)
+            ratio = target.ratio(workload["contestants"], workload)
+        except (KeyError, TypeError, ZeroDivisionError):
+            row.update(ratio=None, met=None)
+        else:
+            met = ratio <= target.bound if target.at_most else ratio >= target.bound
+            row.update(ratio=ratio, met=met)
+        row["bound"] = f"{'<=' if target.at_most else '>='} {target.bound:g}"
+        rows.append(row)
+    return rows
+
+
+def targets_table(results: dict[str, Any]) -> str:
+    lines = ["| target | ratio | this run | bound | |", "|---|---|---|---|---|"]
+    for row in target_rows(results):
+        ratio = "not measured" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        verdict = {True: "met", False: "**missed**", None: "—"}[row["met"]]
+        lines.append(
+            f"| {row['target']} | {row['ratio_of']} | {ratio} | {row['bound']} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The whole report."""
+    about = results["machine"]
+    size = "--quick sizes" if results["quick"] else "full sizes"
+    heading = (
+        f"Run {about['date']} ({size}), commit {about['commit']}: {about['cpu']}, "
+        f"{about['cores']} cores, Python {about['python']}, numpy {about['numpy']}, "
+        f"pandas {about['pandas']}, memcached {about['memcached']}, {about['platform']}."
+    )
+    return "\n\n".join(
+        [heading, table(results), "Targets (issue 6), ratios within this run:",
+         targets_table(results)]
+    )  # fmt: skip
+
+
+def print_markdown(results: dict[str, Any]) -> None:
+    sys.stdout.write(markdown(results) + "\n")
