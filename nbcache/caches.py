@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .api import ByteStore
 from .cache import DEFAULT_TIMEOUT, Cache
 from .envelope import Envelope
 from .secrets import SecretSpec, resolve_secrets
@@ -40,6 +41,8 @@ class MemcachedCache(Cache):
     consistent hashing; values larger than the server's item limit are chunked; ``clear()``
     clears only this ``key_prefix``'s namespace. A server that is down or hung costs at most
     ``timeout`` seconds (then milliseconds while it stays down), never an exception.
+    ``compress=True`` zlib-compresses values that shrink by 10 % or more (others are stored
+    as they are); it pays on slow links, not on loopback or a fast LAN.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class MemcachedCache(Cache):
         secret: SecretSpec = None,
         connect_timeout: float = 0.5,
         timeout: float = 2.0,
+        compress: bool = False,
     ) -> None:
         from .stores.chunked import ChunkedStore
         from .stores.memcached import MemcachedStore
@@ -61,7 +65,11 @@ class MemcachedCache(Cache):
         self.servers = list(servers)
         self.key_prefix = key_prefix or "nbcache"
         raw = MemcachedStore(self.servers, connect_timeout=connect_timeout, timeout=timeout)
-        store = NamespacedStore(ChunkedStore(raw), self.key_prefix)
+        store: ByteStore = NamespacedStore(ChunkedStore(raw), self.key_prefix)
+        if compress:
+            from .stores.compressed import CompressedStore
+
+            store = CompressedStore(store)
         super().__init__(
             store,
             Envelope(Signer(resolve_secrets(secret))),
