@@ -367,3 +367,27 @@ def _wait_for_breaker(store: ChunkedStore, within: float = 5.0) -> None:
         except StoreFault:
             assert time.monotonic() < deadline, f"the store did not recover in {within} s"
             time.sleep(0.02)
+
+
+def test_simple_cache_copies_a_big_value_once_each_way() -> None:
+    import numpy as np
+
+    from nbcache import SimpleCache
+
+    cache = SimpleCache()
+    array = np.random.default_rng(2).random(32 * MIB // 8)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        assert cache.set("array", array)
+        _, write_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        got = cache.get("array")
+        _, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(got, array)
+    # The store keeps its own copy and hands out the caller's own: one copy each way, no more.
+    assert write_peak <= 1.10 * array.nbytes, write_peak / array.nbytes
+    assert read_peak - before <= 1.10 * array.nbytes, read_peak / array.nbytes

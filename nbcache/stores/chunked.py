@@ -282,6 +282,7 @@ class ChunkedStore:
     ) -> bytearray | NoValue:
         """The whole value from its chunks, or a miss if any is missing, wrong or corrupt."""
         value = bytearray(manifest.total)
+        target = memoryview(value)  # one memcpy per chunk, no temporary copy
         offset = 0
         for index, (size, chunk) in enumerate(zip(manifest.sizes, chunks, strict=True)):
             if isinstance(chunk, NoValue):
@@ -291,8 +292,9 @@ class ChunkedStore:
             if view.nbytes != size:
                 logger.debug("chunked value %r: chunk %d has %d bytes", key, index, view.nbytes)
                 return NO_VALUE
-            value[offset : offset + size] = view
+            target[offset : offset + size] = view
             offset += size
+        target.release()
         if _digest([value]) != manifest.digest:
             logger.debug("chunked value %r: digest mismatch", key)
             return NO_VALUE

@@ -174,6 +174,7 @@ def _slice(views: Sequence[memoryview], start: int, length: int) -> bytes:
 def _decompress(stream: memoryview, size: int) -> bytearray | None:
     """The ``size`` bytes ``stream`` decompresses to, or None if it does not do exactly that."""
     value = bytearray(size)
+    target = memoryview(value)  # assigning through a view copies once, not twice
     decompressor = zlib.decompressobj()
     filled = 0
     pending: Buffer = stream
@@ -182,13 +183,14 @@ def _decompress(stream: memoryview, size: int) -> bytearray | None:
             piece = decompressor.decompress(pending, _STEP)
             if filled + len(piece) > size:
                 return None
-            value[filled : filled + len(piece)] = piece
+            target[filled : filled + len(piece)] = piece
             filled += len(piece)
             pending = decompressor.unconsumed_tail
             if not piece and not pending:
                 break  # truncated: no more input, stream not finished
     except zlib.error:
         return None
+    target.release()
     if filled != size or not decompressor.eof or decompressor.unused_data:
         return None
     return value

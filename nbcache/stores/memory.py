@@ -152,9 +152,13 @@ class MemoryStore:
 def _copy(value: Sequence[Buffer]) -> bytearray:
     """One new bytearray holding the concatenated buffers (the store's own copy)."""
     data = bytearray(total_size(value))
+    # Assigning through a memoryview is one memcpy; ``data[a:b] = view`` would first copy
+    # ``view`` into a temporary bytearray.
+    target = memoryview(data)
     offset = 0
     for part in value:
         view = memoryview(part).cast("B") if memoryview(part).format != "B" else memoryview(part)
-        data[offset : offset + len(view)] = view
+        target[offset : offset + len(view)] = view
         offset += len(view)
+    target.release()
     return data
