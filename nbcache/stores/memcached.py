@@ -207,6 +207,10 @@ class MemcachedStore:
         server involved answered.
         """
         names = [self._map(key).encode("ascii") for key in keys]
+        if self._only is not None:
+            # One server (the usual case): no grouping, and its fault is the call's fault.
+            found_here = self._only.run(_get_many_of(names))
+            return [found_here.get(name, NO_VALUE) for name in names]
         by_server: dict[ServerConnection, list[bytes]] = {}
         for name in names:
             by_server.setdefault(self._server(name.decode("ascii")), []).append(name)

@@ -55,8 +55,6 @@ class ServerConnection:
         Raises :class:`StoreFault` when the server is unreachable, times out, or the breaker
         is open; ``Refused`` when the server answered with a SERVER_ERROR.
         """
-        from pymemcache.exceptions import MemcacheServerError
-
         if not self.breaker.allow():
             raise StoreFault(
                 f"memcached server {self.address} is unavailable ({self._last_error}); "
@@ -71,6 +69,8 @@ class ServerConnection:
                 self.breaker.abandoned()
                 raise
             self._record(reachable, error)
+            from pymemcache.exceptions import MemcacheServerError
+
             if reachable and isinstance(error, MemcacheServerError):
                 raise Refused(f"memcached server {self.address} refused: {error}") from error
             raise StoreFault(
@@ -98,15 +98,13 @@ class ServerConnection:
         return None
 
     def _run_on_pool(self, operation: Callable[[Client], T]) -> T:
-        from pymemcache.exceptions import MemcacheUnexpectedCloseError
-
         client = self._checkout()
         reused = client.sock is not None
         try:
             result = operation(client)
-        except (MemcacheUnexpectedCloseError, ConnectionError) as error:
+        except BaseException as error:
             client.close()
-            if not reused:
+            if not (reused and _found_closed(error)):
                 raise
             # A pooled connection found closed: the server restarted since it was last used.
             # Every idle connection is as stale; retry once on a fresh one.
@@ -118,9 +116,6 @@ class ServerConnection:
             except BaseException:
                 client.close()
                 raise
-        except BaseException:
-            client.close()
-            raise
         self._checkin(client)
         return result
 
@@ -160,6 +155,13 @@ class ServerConnection:
             idle = self._idle.copy()
             self._idle.clear()
         _close_all(idle)
+
+
+def _found_closed(error: BaseException) -> bool:
+    """True if ``error`` says the connection was closed by the other end (a stale one)."""
+    from pymemcache.exceptions import MemcacheUnexpectedCloseError
+
+    return isinstance(error, MemcacheUnexpectedCloseError | ConnectionError)
 
 
 def _close_all(clients: list[Client]) -> None:
