@@ -152,11 +152,6 @@ def test_raw_pickles_under_every_key_including_the_generation_are_never_loaded(
         assert got is None or np.array_equal(got, value) or got == value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NamespacedStore keeps using a generation token of the wrong length (here a pickle "
-    "planted under the generation key): every later read is a miss until clear()",
-)
 def test_caching_recovers_after_the_generation_key_is_overwritten(
     cache: MemcachedCache, memcached: MemcachedServer, raw: Client, marker: Path
 ) -> None:

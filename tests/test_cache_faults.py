@@ -252,11 +252,6 @@ def test_one_dead_server_of_two_only_its_keys_miss(
     assert len(warnings_of(caplog, about=f"{dead.address} failed")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NamespacedStore keeps one generation token on one server: while that server is "
-    "down every key of the namespace misses and every write fails",
-)
 def test_the_server_holding_the_generation_dying_only_its_keys_miss(
     two: list[MemcachedServer],
 ) -> None:

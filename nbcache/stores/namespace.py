@@ -9,7 +9,13 @@ left to expire or be evicted.
 
 The token is random, not a counter: if the generation key is evicted and a counter restarted
 at 0, entries written before an earlier clear could come back to life. A missing generation
-key means "everything is a miss"; the next write creates a fresh one.
+key means "everything is a miss"; the next write creates a fresh one, and so does a write that
+finds something under the generation key that is not a token (planted or corrupt).
+
+The generation lives on one server. So that one dead server only costs its own keys, a store
+that cannot reach the generation's server goes on with the last generation it read there: only
+a ``clear()`` changes it, and a ``clear()`` needs that same server. (A client cut off from that
+server while others still reach it would miss their clears until it reconnects.)
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 from collections.abc import Sequence
 
 from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue
+from nbcache.exceptions import StoreFault
 
 ReadValue = bytes | bytearray | memoryview
 
@@ -46,6 +53,8 @@ class NamespacedStore:
         self._prefix = f"{len(namespace)}:{namespace}:"
         # '#' where data keys have ':' after the namespace: no data key equals it.
         self.generation_key = f"{len(namespace)}:{namespace}#generation"
+        # The last generation read from the server: used only while that server is unreachable.
+        self._last_seen: bytes | None = None
 
     @property
     def max_item_size(self) -> int | None:
@@ -67,17 +76,35 @@ class NamespacedStore:
         generation, *records = self.inner.get_many(
             [self.generation_key, *(self._prefix + key for key in keys)]
         )
-        if isinstance(generation, NoValue):
+        current = self._generation_read(generation)
+        if current is None:
             return [NO_VALUE] * len(keys)
-        current = bytes(generation)
         return [self._current_value(record, current) for record in records]
+
+    def _generation_read(self, raw: ReadValue | NoValue) -> bytes | None:
+        """The current generation, given what a read found under its key; None: none."""
+        if isinstance(raw, NoValue):
+            # Missing, or its server did not answer (a multi-key read hides which): ask alone.
+            try:
+                raw = self.inner.get(self.generation_key)
+            except StoreFault:
+                return self._last_seen
+        return self._token(raw)
+
+    def _token(self, raw: ReadValue | NoValue) -> bytes | None:
+        if isinstance(raw, NoValue) or memoryview(raw).nbytes != GENERATION_BYTES:
+            return None  # missing, or not a token (planted, corrupt): nothing is current
+        self._last_seen = token = bytes(raw)
+        return token
 
     def gets(self, key: str) -> tuple[ReadValue | NoValue, CasToken | None]:
         """The value and a token for :meth:`cas`; ``(NO_VALUE, None)`` for a stale entry."""
-        generation = self.inner.get(self.generation_key)
-        if isinstance(generation, NoValue):
+        try:
+            current = self._token(self.inner.get(self.generation_key))
+        except StoreFault:
+            current = self._last_seen
+        if current is None:
             return NO_VALUE, None
-        current = bytes(generation)
         record, token = self.inner.gets(self._prefix + key)
         value = self._current_value(record, current)
         if isinstance(value, NoValue) or token is None:
@@ -99,13 +126,25 @@ class NamespacedStore:
     def current_generation(self) -> bytes | None:
         """The generation new writes go under, created if missing; None if it cannot be had."""
         for _ in range(_GENERATION_ATTEMPTS):
-            generation = self.inner.get(self.generation_key)
-            if not isinstance(generation, NoValue):
-                return bytes(generation)
+            try:
+                raw = self.inner.get(self.generation_key)
+            except StoreFault:
+                if self._last_seen is None:
+                    raise
+                return self._last_seen
+            current = self._token(raw)
+            if current is not None:
+                return current
             fresh = os.urandom(GENERATION_BYTES)
-            if self.inner.add(self.generation_key, [fresh], None):
+            if isinstance(raw, NoValue):
+                if self.inner.add(self.generation_key, [fresh], None):
+                    self._last_seen = fresh
+                    return fresh
+                continue  # another writer created it first: read theirs
+            # Something that is not a token: replace it (entries under it are lost anyway).
+            if self.inner.set(self.generation_key, [fresh], None):
+                self._last_seen = fresh
                 return fresh
-            # Another writer created it first: read theirs.
         return None
 
     def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
@@ -155,16 +194,19 @@ class NamespacedStore:
         generation, record = self.inner.get_many([self.generation_key, inner_key])
         if isinstance(record, NoValue):
             return False
-        live = not isinstance(generation, NoValue) and not isinstance(
-            self._current_value(record, bytes(generation)), NoValue
-        )
+        current = self._generation_read(generation)
+        live = current is not None and not isinstance(self._current_value(record, current), NoValue)
         # A stale entry is deleted too: it only takes room.
         deleted = self.inner.delete(inner_key)
         return deleted and live
 
     def clear(self) -> bool:
         """Forget every key of this namespace (only), for every process, in one write."""
-        return self.inner.set(self.generation_key, [os.urandom(GENERATION_BYTES)], None)
+        fresh = os.urandom(GENERATION_BYTES)
+        cleared = self.inner.set(self.generation_key, [fresh], None)
+        if cleared:
+            self._last_seen = fresh
+        return cleared
 
     def close(self) -> None:
         self.inner.close()
