@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .api import ByteStore
 from .cache import DEFAULT_TIMEOUT, Cache
@@ -10,6 +11,9 @@ from .envelope import Envelope
 from .secrets import SecretSpec, resolve_secrets
 from .signing import Signer
 from .stores.memory import MemoryStore
+
+if TYPE_CHECKING:
+    import ssl
 
 
 class SimpleCache(Cache):
@@ -42,7 +46,8 @@ class MemcachedCache(Cache):
     clears only this ``key_prefix``'s namespace. A server that is down or hung costs at most
     ``timeout`` seconds (then milliseconds while it stays down), never an exception.
     ``compress=True`` zlib-compresses values that shrink by 10 % or more (others are stored
-    as they are); it pays on slow links, not on loopback or a fast LAN.
+    as they are); it pays on slow links, not on loopback or a fast LAN. ``tls_context`` (an
+    :class:`ssl.SSLContext`) speaks TLS to servers started with TLS on.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class MemcachedCache(Cache):
         connect_timeout: float = 0.5,
         timeout: float = 2.0,
         compress: bool = False,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         from .stores.chunked import ChunkedStore
         from .stores.memcached import MemcachedStore
@@ -64,7 +70,12 @@ class MemcachedCache(Cache):
             servers = [servers]
         self.servers = list(servers)
         self.key_prefix = key_prefix or "nbcache"
-        raw = MemcachedStore(self.servers, connect_timeout=connect_timeout, timeout=timeout)
+        raw = MemcachedStore(
+            self.servers,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            tls_context=tls_context,
+        )
         store: ByteStore = NamespacedStore(ChunkedStore(raw), self.key_prefix)
         if compress:
             from .stores.compressed import CompressedStore
@@ -72,7 +83,7 @@ class MemcachedCache(Cache):
             store = CompressedStore(store)
         super().__init__(
             store,
-            Envelope(Signer(resolve_secrets(secret))),
+            Envelope(Signer(resolve_secrets(secret)), context=self.key_prefix),
             default_timeout=default_timeout,
             name="memcached",
         )

@@ -61,8 +61,11 @@ class Header:
 class Envelope:
     """Wraps values into entries and opens entries back into values, signing if given a signer."""
 
-    def __init__(self, signer: Signer | None = None) -> None:
+    def __init__(self, signer: Signer | None = None, context: str = "") -> None:
+        """``context`` (a namespace) is bound into every MAC with the key: an entry copied
+        from another namespace under the same key is refused too."""
         self.signer = signer
+        self.context = context
 
     def seal(
         self,
@@ -93,7 +96,7 @@ class Envelope:
         payload: list[Buffer] = [frames.head, *frames.buffers]
         if self.signer is None:
             return [preamble, *payload]
-        mac = self.signer.sign(_signed_parts(key, header_bytes, payload))
+        mac = self.signer.sign(_signed_parts(self.context, key, header_bytes, payload))
         return [preamble + self.signer.key_id + mac, *payload]
 
     def open_header(self, key: str, entry: Buffer) -> tuple[Header, list[memoryview]]:
@@ -117,7 +120,7 @@ class Envelope:
                 raise EntryRefused("truncated entry")
             key_id, mac = view[offset : offset + KEY_ID_SIZE], view[offset + KEY_ID_SIZE : mac_end]
             payload = view[mac_end:]
-            parts = _signed_parts(key, header_bytes, [payload])
+            parts = _signed_parts(self.context, key, header_bytes, [payload])
             if not self.signer.verify(key_id, parts, mac):
                 raise EntryRefused("bad signature (tampered, another key, or another secret)")
             offset = mac_end
@@ -141,13 +144,16 @@ class Envelope:
         return Entry(value, header.created, header.expires, header.duration, header.meta)
 
 
-def _signed_parts(key: str, header: Buffer, payload: list[Buffer]) -> list[Buffer]:
+def _signed_parts(context: str, key: str, header: Buffer, payload: list[Buffer]) -> list[Buffer]:
     # The key is bound into the MAC: an entry replayed under another key fails verification.
     # Key and header are length-prefixed; the payload comes last, so its frames need no
     # separators and the writer's frames and the reader's single run give the same MAC.
+    context_bytes = context.encode("utf-8", "surrogatepass")
     key_bytes = key.encode("utf-8", "surrogatepass")
     header_size = memoryview(header).nbytes
     return [
+        len(context_bytes).to_bytes(8, "little"),
+        context_bytes,
         len(key_bytes).to_bytes(8, "little"),
         key_bytes,
         header_size.to_bytes(8, "little"),

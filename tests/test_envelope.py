@@ -150,6 +150,15 @@ def test_entry_replayed_under_another_key_is_refused(
     assert signed.open("result-of-f(1)", entry).value == 1
 
 
+def test_entry_copied_to_another_namespace_is_refused(loads_calls: list[int]) -> None:
+    signer = Signer([SECRET])
+    entry = entry_bytes(Envelope(signer, context="team-a"), "key", "a's value")
+    with pytest.raises(EntryRefused, match="bad signature"):
+        Envelope(signer, context="team-b").open("key", entry)
+    assert loads_calls == []
+    assert Envelope(signer, context="team-a").open("key", entry).value == "a's value"
+
+
 def test_entry_signed_with_another_secret_is_refused(loads_calls: list[int]) -> None:
     entry = entry_bytes(Envelope(Signer([OTHER_SECRET])), "key", "theirs")
     with pytest.raises(EntryRefused, match="bad signature"):
