@@ -151,7 +151,7 @@ def test_entry_replayed_under_another_key_is_refused(
 
 
 def test_entry_copied_to_another_namespace_is_refused(loads_calls: list[int]) -> None:
-    signer = Signer([SECRET])
+    signer = Signer([NEW_SECRET])
     entry = entry_bytes(Envelope(signer, context="team-a"), "key", "a's value")
     with pytest.raises(EntryRefused, match="bad signature"):
         Envelope(signer, context="team-b").open("key", entry)
