@@ -1,13 +1,21 @@
 """Stampede protection: when many callers miss one key at once, one computes, the others wait.
 
 Across processes (kernels sharing memcached) the computing caller holds a *lease*: a small
-key next to the entry, created with the store's atomic ``add`` and holding a random token,
-with a time to live of ``lease`` seconds. While it computes, a daemon heartbeat thread renews
-the lease every third of that time (``gets``, compare the token, ``cas``), so an hour-long
-computation keeps it. A holder that dies stops renewing: its lease expires and the next
-waiter takes over, so a dead holder blocks no one for longer than ``lease`` seconds plus one
-poll. A holder releases only its own lease: ``gets``, compare the token, then ``cas`` a
-short-lived tombstone over it, which a waiter may replace at once.
+key next to the entry, created with the store's atomic ``add``, living ``lease`` seconds (plus
+:data:`STORE_CLOCK_STEP`) on the server. Its value is a *lease record*: a random token naming
+the holder, then a heartbeat counter. While it computes, a daemon heartbeat thread renews the
+lease every third of that time (``gets``, compare the token, ``cas`` the record with the
+counter one higher), so an hour-long computation keeps it. A holder that dies stops renewing,
+so a dead holder blocks no one for longer than ``lease`` seconds plus one poll: its lease
+expires and the next waiter takes it, or a waiter sees the record stand still (below). A
+holder releases only its own lease: ``gets``, compare the token, then ``cas`` a short-lived
+tombstone over it, which a waiter may replace at once.
+
+Anyone who can write to memcached can also plant bytes under a lease key, with no expiry. A
+waiter therefore never trusts the server's expiry alone: it watches the record it sees, and
+stops waiting when the record is not a lease record at all, or when its heartbeat has not
+moved for longer than ``lease`` seconds by the waiter's own monotonic clock. It then computes
+itself, unprotected, after one warning naming the key.
 
 Waiters poll the entry with a backoff from 5 ms up to 0.5 s, and try to take the lease on
 each poll. A holder whose computation raises releases the lease without storing anything;
@@ -31,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from nbcache.api import ByteStore, NoValue
+from nbcache.api import ByteStore, NoValue, Stored
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +48,37 @@ DEFAULT_LEASE = 30.0
 FIRST_POLL = 0.005
 MAX_POLL = 0.5
 _BACKOFF = 1.6
+#: Added to the lease's ttl on the server. memcached counts time in whole seconds: an item
+#: stored for n seconds lives between n - 1 and n, so a 1 s lease would die before its first
+#: renewal. Waiters still give a silent holder only ``lease`` seconds (see HolderWatch).
+STORE_CLOCK_STEP = 1.0
 _TOMBSTONE = b"released"
 _TOMBSTONE_TTL = 2.0
 _TOKEN_PREFIX = b"lease:"
+_TOKEN_BYTES = len(_TOKEN_PREFIX) + 16
+_BEAT_BYTES = 8
+_BEAT_MODULUS = 1 << (8 * _BEAT_BYTES)
+#: Polls in a row on which a lease key held something the store could not read (not a race
+#: between an expiry and another caller's ``add``, which the next poll would resolve).
+_UNREADABLE_POLLS = 3
 
 _T = TypeVar("_T")
 _Found = TypeVar("_Found")
+
+#: What a waiter saw under a lease key it could not take: the record, or None if unreadable.
+Seen = bytes | None
+
+
+def lease_record(token: bytes, beat: int) -> bytes:
+    """The value of a lease: the holder's token, then its heartbeat counter."""
+    return token + (beat % _BEAT_MODULUS).to_bytes(_BEAT_BYTES, "little")
+
+
+def is_lease_record(value: bytes) -> bool:
+    """True if ``value`` has the shape of :func:`lease_record` (or is the release tombstone)."""
+    if value == _TOMBSTONE:
+        return True
+    return len(value) == _TOKEN_BYTES + _BEAT_BYTES and value.startswith(_TOKEN_PREFIX)
 
 
 class Lease:
@@ -56,6 +89,7 @@ class Lease:
         self.key = key
         self.token = token
         self.seconds = seconds
+        self._beats = 0
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(
             target=self._beat, name=f"nbcache-lease-{key[-12:]}", daemon=True
@@ -63,21 +97,27 @@ class Lease:
         self._heartbeat.start()
 
     @classmethod
-    def try_acquire(cls, store: ByteStore, key: str, seconds: float) -> Lease | None:
-        """The lease if nobody holds it; None if someone does. Store faults propagate."""
-        token = _TOKEN_PREFIX + os.urandom(16)
-        if store.add(key, [token], seconds):
+    def try_acquire(cls, store: ByteStore, key: str, seconds: float) -> Lease | Seen:
+        """The lease if nobody holds it, else what the key holds. Store faults propagate."""
+        token = _TOKEN_PREFIX + os.urandom(_TOKEN_BYTES - len(_TOKEN_PREFIX))
+        first = [lease_record(token, 0)]
+        ttl = seconds + STORE_CLOCK_STEP
+        if store.add(key, first, ttl):
             return cls(store, key, token, seconds)
         current, cas_token = store.gets(key)
         if isinstance(current, NoValue):  # expired or released between add and gets
-            return cls(store, key, token, seconds) if store.add(key, [token], seconds) else None
-        if (
-            bytes(current) == _TOMBSTONE
-            and cas_token is not None
-            and store.cas(key, [token], seconds, cas_token)
-        ):
+            return cls(store, key, token, seconds) if store.add(key, first, ttl) else None
+        seen = bytes(current)
+        if seen == _TOMBSTONE and cas_token is not None and store.cas(key, first, ttl, cas_token):
             return cls(store, key, token, seconds)
-        return None
+        return seen
+
+    def holds(self, current: Stored | NoValue) -> bool:
+        """True if ``current`` (read under the lease key) is this holder's record."""
+        if isinstance(current, NoValue):
+            return False
+        record = bytes(current)
+        return is_lease_record(record) and record[:_TOKEN_BYTES] == self.token
 
     def release(self) -> None:
         """Stop renewing and give the lease up, if it is still this holder's."""
@@ -86,10 +126,8 @@ class Lease:
         try:
             for _ in range(3):
                 current, cas_token = self.store.gets(self.key)
-                if isinstance(current, NoValue) or cas_token is None:
-                    return
-                if bytes(current) != self.token:
-                    return  # expired and taken over: that lease is someone else's
+                if cas_token is None or not self.holds(current):
+                    return  # expired, or taken over: that lease is someone else's
                 if self.store.cas(self.key, [_TOMBSTONE], _TOMBSTONE_TTL, cas_token):
                     return
         except Exception as fault:  # the lease will expire on its own
@@ -100,28 +138,82 @@ class Lease:
         while not self._stop.wait(interval):
             try:
                 current, cas_token = self.store.gets(self.key)
-                if isinstance(current, NoValue) or bytes(current) != self.token:
+                if not self.holds(current):
                     log.debug("nbcache: lost lease %r; computing on without it", self.key)
                     return
-                if cas_token is not None:
-                    self.store.cas(self.key, [self.token], self.seconds, cas_token)
+                # A new counter each time: waiters tell a live holder by its record changing.
+                record = [lease_record(self.token, self._beats + 1)]
+                if cas_token is not None and self.store.cas(
+                    self.key, record, self.seconds + STORE_CLOCK_STEP, cas_token
+                ):
+                    self._beats += 1
             except Exception as fault:  # keep computing; try again next beat
                 log.debug("nbcache: could not renew lease %r: %s", self.key, fault)
 
 
 class _Unprotected:
-    """Stands for a lease that could not be had because the store failed: compute anyway."""
+    """Stands for a lease nobody can have: the store failed, or the holder is gone."""
 
     def release(self) -> None:
         pass
 
 
-def _claim(store: ByteStore, key: str, seconds: float) -> Lease | _Unprotected | None:
+def _claim(store: ByteStore, key: str, seconds: float) -> Lease | _Unprotected | Seen:
     try:
         return Lease.try_acquire(store, key, seconds)
     except Exception as fault:
         log.debug("nbcache: no lease for %r (%s); computing unprotected", key, fault)
         return _Unprotected()
+
+
+class HolderWatch:
+    """What one waiter has seen under a lease key, to tell a live holder from none.
+
+    A live holder changes its record at least every ``lease / 3`` seconds. A record unchanged
+    for longer than ``lease`` seconds (by this waiter's clock) belongs to a holder that is dead
+    or hung, or was planted by someone who can write to the server; something that is not a
+    lease record at all was planted or corrupted. Either way, waiting on is pointless.
+    """
+
+    def __init__(self, key: str, lease: float) -> None:
+        self.key = key
+        self.lease = lease
+        self._record: bytes | None = None
+        self._since = 0.0
+        self._unreadable = 0
+
+    def gives_up(self, seen: Seen) -> bool:
+        """True (after one warning naming the key) if this waiter should stop waiting."""
+        now = time.monotonic()
+        if seen is None:
+            self._unreadable += 1
+            if self._unreadable < _UNREADABLE_POLLS:
+                return False
+            reason = "it holds something the store cannot read"
+        else:
+            self._unreadable = 0
+            if not is_lease_record(seen):
+                reason = "it holds something that is not a lease record"
+            elif seen != self._record:
+                self._record, self._since = seen, now
+                return False
+            elif now - self._since <= self.lease:
+                return False
+            else:
+                reason = f"its record has not changed for {now - self._since:.1f} s"
+        log.warning(
+            "nbcache: stopped waiting on lease %r: %s; computing without it", self.key, reason
+        )
+        return True
+
+
+def _settle(
+    claimed: Lease | _Unprotected | Seen, watch: HolderWatch
+) -> Lease | _Unprotected | None:
+    """What the caller holds now: a lease, leave to compute unprotected, or nothing (wait)."""
+    if isinstance(claimed, (Lease, _Unprotected)):
+        return claimed
+    return _Unprotected() if watch.gives_up(claimed) else None
 
 
 class _KeyLocks:
@@ -167,11 +259,12 @@ def compute_once(
     """
     with _key_locks.hold(lease_key):
         delay = FIRST_POLL
+        watch = HolderWatch(lease_key, lease)
         while True:
             found = read()
             if not isinstance(found, NoValue):
                 return found
-            claimed = _claim(store, lease_key, lease)
+            claimed = _settle(_claim(store, lease_key, lease), watch)
             if claimed is not None:
                 try:
                     return compute()
@@ -190,11 +283,12 @@ async def compute_once_async(
 ) -> _Found | _T:
     """:func:`compute_once` for coroutines: waits with ``asyncio.sleep``."""
     delay = FIRST_POLL
+    watch = HolderWatch(lease_key, lease)
     while True:
         found = read()
         if not isinstance(found, NoValue):
             return found
-        claimed = _claim(store, lease_key, lease)
+        claimed = _settle(_claim(store, lease_key, lease), watch)
         if claimed is not None:
             try:
                 return await compute()

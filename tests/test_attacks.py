@@ -348,12 +348,6 @@ def test_decorated_function_recomputes_the_true_value_after_an_attack(
     assert square.cache_info()[:2] == (10, 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stampede.compute_once waits for as long as its lease key holds something that is "
-    "neither a miss nor the tombstone: a value planted there without expiry blocks the call "
-    "forever",
-)
 def test_a_planted_lease_never_blocks_a_call_for_long(
     square: Any, memcached: MemcachedServer, raw: Client, marker: Path
 ) -> None:

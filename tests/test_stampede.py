@@ -11,8 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from nbcache import MemcachedCache, SimpleCache
+from nbcache.api import NO_VALUE
 from nbcache.decorator import cached_result
+from nbcache.stampede import compute_once, lease_record
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,6 +93,19 @@ def test_a_killed_holder_blocks_no_one_longer_than_its_lease(
     assert waited < lease + 5.0
 
 
+def test_a_live_holder_keeps_the_others_waiting_for_many_lease_periods(
+    memcached: Any, tmp_path: Path
+) -> None:
+    """A holder computing for 4 s on a 1 s lease renews it: the others wait, one computes."""
+    log = tmp_path / "computations"
+    start_at = time.time() + 3.0  # after every interpreter has started and imported nbcache
+    callers = [spawn(memcached.address, log, start_at, 4.0, 1.0) for _ in range(3)]
+    outputs = [caller.communicate(timeout=60)[0].strip() for caller in callers]
+    assert [caller.returncode for caller in callers] == [0] * 3
+    assert outputs == ["49"] * 3
+    assert len(computations(log)) == 1
+
+
 def test_threads_of_one_process_compute_once() -> None:
     cache = SimpleCache()
     barrier = threading.Barrier(6)
@@ -154,3 +171,31 @@ def test_a_failing_holder_lets_the_waiters_compute(memcached: Any) -> None:
         thread.join(timeout=30)
     assert sorted(map(str, outcomes)) == ["5", "5", "first attempt fails"]
     assert len(attempts) == 2
+
+
+@pytest.mark.parametrize(
+    ("planted", "lease", "bound"),
+    [
+        (b"\x80\x05not a lease record", 30.0, 5.0),
+        (lease_record(b"lease:" + bytes(16), 7), 2.0, 2.0 + 5.0),
+    ],
+    ids=["malformed", "never renewed"],
+)
+def test_a_planted_lease_blocks_a_call_no_longer_than_the_lease(
+    planted: bytes, lease: float, bound: float, memcached: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bounds: malformed < 5 s (it is refused at once); never renewed < lease + 5 s."""
+    store = MemcachedCache([memcached.address]).store
+    assert store.set("planted#lease", [planted], None)  # no expiry: only the waiter's clock
+    computed: list[int] = []
+
+    def compute() -> int:
+        computed.append(1)
+        return 42
+
+    start = time.monotonic()
+    result = compute_once(store, "planted#lease", lease, lambda: NO_VALUE, compute)
+    assert time.monotonic() - start < bound
+    assert result == 42 and computed == [1]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "nbcache.stampede"]
+    assert len(warnings) == 1 and "planted#lease" in warnings[0], warnings
