@@ -128,10 +128,35 @@ class MemcachedServer:
             self.process.wait(5)
         self.stop()
 
-    def pause(self) -> None:
-        """SIGSTOP: the server accepts connections but never answers."""
+    def pause(self, within: float = 5.0) -> None:
+        """SIGSTOP: the server accepts connections but never answers.
+
+        Returns once the kernel reports every thread of the process stopped: ``kill`` returns
+        before a multi-threaded process has stopped, and a request sent in between may still
+        be answered. Raises :class:`RuntimeError` if that takes longer than ``within`` seconds.
+        """
         os.kill(self.pid, signal.SIGSTOP)
         self.paused = True
+        deadline = time.monotonic() + within
+        while not self._all_threads_stopped():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"memcached {self.pid} did not stop within {within} s")
+            time.sleep(0.002)
+
+    def _all_threads_stopped(self) -> bool:
+        """True if every thread of the process is in state ``T`` (stopped by a signal)."""
+        tasks = f"/proc/{self.pid}/task"
+        for task in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{task}/stat", "rb") as stat:
+                    # The state follows the command name, which is in parentheses and may
+                    # itself hold spaces or parentheses: split after the last ")".
+                    state = stat.read().rpartition(b")")[2].split()[0]
+            except FileNotFoundError:  # that thread has just exited
+                continue
+            if state != b"T":
+                return False
+        return True
 
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)

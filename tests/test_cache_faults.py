@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,24 +82,6 @@ def round_trips(cache: MemcachedCache, key: str, value: Any) -> bool:
     return cache.set(key, value) and cache.get(key) == value
 
 
-def pause(server: MemcachedServer) -> None:
-    """SIGSTOP, then wait until every thread of the server has stopped.
-
-    ``kill`` returns before a multi-threaded process has stopped: without the wait, the
-    request right after it may still be answered.
-    """
-    server.pause()
-    tasks = Path(f"/proc/{server.pid}/task")
-    wait_until(
-        lambda: all(
-            (task / "stat").read_text().rpartition(")")[2].split()[0] == "T"
-            for task in tasks.iterdir()
-        ),
-        within=5.0,
-        what=f"SIGSTOP of memcached {server.pid}",
-    )
-
-
 @pytest.fixture
 def server(memcached_factory: Callable[..., MemcachedServer]) -> MemcachedServer:
     return memcached_factory()
@@ -148,7 +129,7 @@ def test_paused_server_costs_at_most_the_timeout_per_call(
         return cache.set("other", "x")
 
     caplog.set_level(logging.INFO, logger="nbcache")
-    pause(server)
+    server.pause()
     try:
         deadline = time.monotonic() + 3.0
         slowest = 0.0
@@ -282,7 +263,7 @@ def test_a_server_back_from_a_pause_never_shadows_a_newer_value(
         for key in keys[paused.address] + keys[live.address]:
             assert cache.set(key, value_of(key, version))
 
-    pause(paused)
+    paused.pause()
     try:
         for key in keys[paused.address]:
             start = time.monotonic()
@@ -316,7 +297,7 @@ def test_clear_while_a_server_is_paused_keeps_its_old_entries_dead(
     for key in keys[paused.address]:
         assert cache.set(key, value_of(key, 1))
 
-    pause(paused)
+    paused.pause()
     try:
         assert cache.clear() is True  # the generation lives on the other server
     finally:
