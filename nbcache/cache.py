@@ -97,18 +97,20 @@ class Cache:
         *,
         duration: float | None = None,
         meta: dict[str, Any] | None = None,
+        tag: str = "",
     ) -> bool:
         """Store ``value``; True if stored.
 
-        ``duration`` (seconds the value took to compute) and ``meta`` (JSON-able) travel in the
-        entry's header. Raises :class:`~nbcache.exceptions.UnpicklableValueError` if the value
-        cannot be serialized; nothing is stored then and an older value is left as it was.
+        ``duration`` (seconds the value took to compute), ``meta`` (JSON-able) and ``tag`` (a
+        short string readers check cheaply) travel in the entry's header. Raises
+        :class:`~nbcache.exceptions.UnpicklableValueError` if the value cannot be serialized;
+        nothing is stored then and an older value is left as it was.
         """
         ttl = self._ttl(timeout)
         if ttl is not None and ttl < 0:
             self.delete(key)
             return True
-        frames = self.envelope.seal(key, value, _expires(ttl), duration, meta)
+        frames = self.envelope.seal(key, value, _expires(ttl), duration, meta, tag)
         return bool(self._store_call(self.store.set, False, key, frames, ttl))
 
     def add(self, key: str, value: Any, timeout: float | None = None) -> bool:

@@ -282,7 +282,7 @@ class CachedFunction:
         generation, entry = cache.get_entries(self.keys.generation_key, call.key)
         if isinstance(entry, NoValue) or isinstance(generation, NoValue):
             return NO_VALUE
-        if entry.meta.get("generation") != generation.value:
+        if entry.tag != generation.value:
             return NO_VALUE
         return _Hit(entry.value, entry.duration)
 
@@ -312,7 +312,7 @@ class CachedFunction:
             if generation is None:
                 return
             meta = self._meta(call, generation)
-            cache.set(call.key, value, self.timeout, duration=duration, meta=meta)
+            cache.set(call.key, value, self.timeout, duration=duration, meta=meta, tag=generation)
         except UnpicklableValueError as problem:
             self._warn_once(
                 ("result", problem.type_name),

@@ -2,17 +2,19 @@
 
 Layout of an entry (all integers little-endian)::
 
-    b"NBC" | format (1 byte) | header length (4) | header (JSON) | key id (4) | MAC (32)
+    b"NBC" | format (1 byte) | header length (4) | header | key id (4) | MAC (32)
     | pickle head | out-of-band buffer 0 | buffer 1 | ...
 
-The header says who wrote the entry (serializer, Python major.minor, cloudpickle version), when,
-how long the computation took, when it expires, free metadata for explanations, and the sizes of
-the payload frames. The MAC covers the header, the cache key and the payload, so an entry
-copied under another key, truncated or altered in any bit is refused. Refusal comes before
-anything is unpickled: first the MAC, then the versions (a cloudpickled lambda from another
-Python minor version can crash this one outright), and only then the pickle.
+The header (binary: it is read on every hit, so it costs well under a microsecond to parse)
+says who wrote the entry (serializer, Python major.minor, cloudpickle version), when, how long
+the computation took, when it expires, the sizes of the payload frames, a short tag and free
+JSON metadata (parsed only when asked for). The MAC covers the namespace, the cache key, the
+header and the payload, so an entry copied under another key, truncated or altered in any bit
+is refused. Refusal comes before anything is unpickled: first the framing, then the MAC, then
+the versions (a cloudpickled lambda from another Python minor version can crash this one
+outright), and only then the pickle.
 
-An unsigned envelope (key id and MAC absent, ``"mac": "none"`` in the header) serves the
+An unsigned envelope (key id and MAC absent, MAC kind "none" in the header) serves the
 in-process store, which nothing outside the process can write; a reader that has a signer
 refuses unsigned entries, so there is no downgrade.
 """
@@ -20,9 +22,12 @@ refuses unsigned entries, so there is no downgrade.
 from __future__ import annotations
 
 import json
+import math
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from . import serializer
@@ -31,9 +36,89 @@ from .exceptions import EntryRefused
 from .signing import KEY_ID_SIZE, MAC_SIZE, Signer
 
 MAGIC = b"NBC"
-FORMAT = 1
+FORMAT = 2
 _PREAMBLE = len(MAGIC) + 1 + 4
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+# serializer id, Python major, minor, MAC kind, created, expires, duration (NaN: none),
+# frame count, cloudpickle version length, tag length, meta length
+_FIXED = struct.Struct("<BBBBdddIHHI")
+_SERIALIZERS = {serializer.NAME: 1}
+_SERIALIZER_NAMES = {number: name for name, number in _SERIALIZERS.items()}
+_MAC_KINDS = {"none": 0, "blake3": 1}
+_MAC_NAMES = {number: name for name, number in _MAC_KINDS.items()}
+_NONE = math.nan
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fields of an entry's header (trusted only once its MAC has been verified)."""
+
+    serializer: str
+    python: str
+    cloudpickle: str
+    mac: str
+    created: float
+    expires: float | None
+    duration: float | None
+    sizes: list[int]
+    tag: str = ""
+    meta_json: bytes = b""
+
+    @cached_property
+    def meta(self) -> dict[str, Any]:
+        """The free metadata, parsed on first use."""
+        return _parse_meta(self.meta_json)
+
+    def pack(self) -> bytes:
+        """The header's bytes."""
+        version, tag = self.cloudpickle.encode(), self.tag.encode("utf-8", "surrogatepass")
+        fixed = _FIXED.pack(
+            _SERIALIZERS[self.serializer],
+            *(int(part) for part in self.python.split(".")),
+            _MAC_KINDS[self.mac],
+            self.created,
+            _NONE if self.expires is None else self.expires,
+            _NONE if self.duration is None else self.duration,
+            len(self.sizes),
+            len(version),
+            len(tag),
+            len(self.meta_json),
+        )
+        sizes = struct.pack(f"<{len(self.sizes)}Q", *self.sizes)
+        return b"".join((fixed, sizes, version, tag, self.meta_json))
+
+    @classmethod
+    def unpack(cls, raw: Buffer) -> Header:
+        """Parse header bytes; :class:`EntryRefused` if they are not a well-formed header."""
+        view = memoryview(raw)
+        try:
+            (kind, major, minor, mac, created, expires, duration, count, version_size,
+             tag_size, meta_size) = _FIXED.unpack_from(view)  # fmt: skip
+            offset = _FIXED.size
+            sizes = list(struct.unpack_from(f"<{count}Q", view, offset))
+            offset += 8 * count
+            end = offset + version_size + tag_size + meta_size
+            if end != len(view):
+                raise EntryRefused("malformed header (lengths do not add up)")
+            version = bytes(view[offset : offset + version_size]).decode()
+            offset += version_size
+            tag = bytes(view[offset : offset + tag_size]).decode("utf-8", "surrogatepass")
+            meta_json = bytes(view[offset + tag_size : end])
+            return cls(
+                serializer=_SERIALIZER_NAMES.get(kind, f"#{kind}"),
+                python=f"{major}.{minor}",
+                cloudpickle=version,
+                mac=_MAC_NAMES.get(mac, f"#{mac}"),
+                created=created,
+                expires=None if math.isnan(expires) else expires,
+                duration=None if math.isnan(duration) else duration,
+                sizes=sizes,
+                tag=tag,
+                meta_json=meta_json,
+            )
+        except (struct.error, UnicodeDecodeError, MemoryError, OverflowError) as exc:
+            raise EntryRefused(f"malformed header ({exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -44,18 +129,13 @@ class Entry:
     created: float
     expires: float | None
     duration: float | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    tag: str = ""
+    meta_json: bytes = field(default=b"", repr=False)
 
-
-@dataclass(frozen=True)
-class Header:
-    """The decoded header of an entry whose MAC (if any) has been verified."""
-
-    created: float
-    expires: float | None
-    duration: float | None
-    meta: dict[str, Any]
-    sizes: list[int]
+    @cached_property
+    def meta(self) -> dict[str, Any]:
+        """The free metadata the writer attached, parsed on first use."""
+        return _parse_meta(self.meta_json)
 
 
 class Envelope:
@@ -74,24 +154,29 @@ class Envelope:
         expires: float | None,
         duration: float | None = None,
         meta: dict[str, Any] | None = None,
+        tag: str = "",
     ) -> list[Buffer]:
         """The entry for ``value`` under ``key``, as frames (big buffers are not copied).
 
-        Raises :class:`~nbcache.exceptions.UnpicklableValueError` if the value can't be pickled.
+        ``meta`` must be JSON-able; ``tag`` is a short string a reader can check without
+        parsing ``meta``. Raises :class:`~nbcache.exceptions.UnpicklableValueError` if the
+        value can't be pickled.
         """
         frames = serializer.dumps(value, key)
-        header = {
-            "serializer": serializer.NAME,
-            "python": PYTHON,
-            "cloudpickle": serializer.cloudpickle_version(),
-            "created": time.time(),
-            "expires": expires,
-            "duration": duration,
-            "meta": meta or {},
-            "sizes": frames.sizes,
-            "mac": "blake3" if self.signer else "none",
-        }
-        header_bytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+        header_bytes = Header(
+            serializer=serializer.NAME,
+            python=PYTHON,
+            cloudpickle=serializer.cloudpickle_version(),
+            mac="blake3" if self.signer else "none",
+            created=time.time(),
+            expires=expires,
+            duration=duration,
+            sizes=frames.sizes,
+            tag=tag,
+            meta_json=json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()
+            if meta
+            else b"",
+        ).pack()
         preamble = MAGIC + bytes([FORMAT]) + len(header_bytes).to_bytes(4, "little") + header_bytes
         payload: list[Buffer] = [frames.head, *frames.buffers]
         if self.signer is None:
@@ -124,7 +209,8 @@ class Envelope:
             if not self.signer.verify(key_id, parts, mac):
                 raise EntryRefused("bad signature (tampered, another key, or another secret)")
             offset = mac_end
-        header = _parse_header(header_bytes, signed=self.signer is not None)
+        header = Header.unpack(header_bytes)
+        _check_writer(header, signed=self.signer is not None)
         if sum(header.sizes) != len(view) - offset:
             raise EntryRefused("truncated entry")
         frames = []
@@ -141,7 +227,9 @@ class Envelope:
             # Rebuilt arrays share their buffers: they must be writable memory of the caller's.
             buffers = [memoryview(bytearray(buffer)) for buffer in buffers]
         value = serializer.loads(frames[0], buffers)
-        return Entry(value, header.created, header.expires, header.duration, header.meta)
+        return Entry(
+            value, header.created, header.expires, header.duration, header.tag, header.meta_json
+        )
 
 
 def _signed_parts(context: str, key: str, header: Buffer, payload: list[Buffer]) -> list[Buffer]:
@@ -162,29 +250,23 @@ def _signed_parts(context: str, key: str, header: Buffer, payload: list[Buffer])
     ]
 
 
-def _parse_header(raw: memoryview, signed: bool) -> Header:
-    try:
-        header = json.loads(bytes(raw))
-        mac = header["mac"]
-        written_by = (header["serializer"], header["python"], header["cloudpickle"])
-        result = Header(
-            created=float(header["created"]),
-            expires=None if header["expires"] is None else float(header["expires"]),
-            duration=None if header["duration"] is None else float(header["duration"]),
-            meta=dict(header["meta"]),
-            sizes=[int(size) for size in header["sizes"]],
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise EntryRefused(f"malformed header ({exc})") from exc
-    if signed and mac != "blake3":
+def _check_writer(header: Header, signed: bool) -> None:
+    """Refuse an entry this process must not load (checked after the MAC, before loading)."""
+    if signed and header.mac != "blake3":
         raise EntryRefused("unsigned entry where signed entries are required")
-    serializer_name, python, cloudpickle = written_by
-    if serializer_name != serializer.NAME:
-        raise EntryRefused(f"written with serializer {serializer_name!r}")
-    if python != PYTHON:
-        raise EntryRefused(f"written by Python {python}, this is Python {PYTHON}")
-    if str(cloudpickle).split(".")[0] != serializer.cloudpickle_version().split(".")[0]:
+    if header.serializer != serializer.NAME:
+        raise EntryRefused(f"written with serializer {header.serializer!r}")
+    if header.python != PYTHON:
+        raise EntryRefused(f"written by Python {header.python}, this is Python {PYTHON}")
+    if header.cloudpickle.split(".")[0] != serializer.cloudpickle_version().split(".")[0]:
         raise EntryRefused(
-            f"written by cloudpickle {cloudpickle}, this is {serializer.cloudpickle_version()}"
+            f"written by cloudpickle {header.cloudpickle}, "
+            f"this is {serializer.cloudpickle_version()}"
         )
-    return result
+
+
+def _parse_meta(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        return {}
+    meta = json.loads(raw)
+    return meta if isinstance(meta, dict) else {}

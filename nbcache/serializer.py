@@ -7,6 +7,7 @@ the memory where they already lie, so a 256 MiB array is signed and sent without
 
 from __future__ import annotations
 
+import functools
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ class Frames:
         return [len(self.head), *(buffer.nbytes for buffer in self.buffers)]
 
 
+@functools.cache
 def cloudpickle_version() -> str:
     """The running cloudpickle's version (imported on first use: it is not cheap)."""
     import cloudpickle
