@@ -26,9 +26,7 @@ import math
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import serializer
 from .api import Buffer
@@ -50,8 +48,7 @@ _MAC_NAMES = {number: name for name, number in _MAC_KINDS.items()}
 _NONE = math.nan
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """The fields of an entry's header (trusted only once its MAC has been verified)."""
 
     serializer: str
@@ -65,9 +62,9 @@ class Header:
     tag: str = ""
     meta_json: bytes = b""
 
-    @cached_property
+    @property
     def meta(self) -> dict[str, Any]:
-        """The free metadata, parsed on first use."""
+        """The free metadata (parsed at each call: keep the result)."""
         return _parse_meta(self.meta_json)
 
     def pack(self) -> bytes:
@@ -91,51 +88,65 @@ class Header:
     @classmethod
     def unpack(cls, raw: Buffer) -> Header:
         """Parse header bytes; :class:`EntryRefused` if they are not a well-formed header."""
-        view = memoryview(raw)
         try:
             (kind, major, minor, mac, created, expires, duration, count, version_size,
-             tag_size, meta_size) = _FIXED.unpack_from(view)  # fmt: skip
-            offset = _FIXED.size
-            sizes = list(struct.unpack_from(f"<{count}Q", view, offset))
-            offset += 8 * count
+             tag_size, meta_size) = _FIXED.unpack_from(raw)  # fmt: skip
+            offset = _FIXED.size + 8 * count
+            sizes = list(struct.unpack_from(f"<{count}Q", raw, _FIXED.size)) if count else []
             end = offset + version_size + tag_size + meta_size
-            if end != len(view):
+            if end != len(raw):
                 raise EntryRefused("malformed header (lengths do not add up)")
-            version = bytes(view[offset : offset + version_size]).decode()
-            offset += version_size
-            tag = bytes(view[offset : offset + tag_size]).decode("utf-8", "surrogatepass")
-            meta_json = bytes(view[offset + tag_size : end])
+            text = bytes(raw[offset:end])
             return cls(
-                serializer=_SERIALIZER_NAMES.get(kind, f"#{kind}"),
-                python=f"{major}.{minor}",
-                cloudpickle=version,
-                mac=_MAC_NAMES.get(mac, f"#{mac}"),
-                created=created,
-                expires=None if math.isnan(expires) else expires,
-                duration=None if math.isnan(duration) else duration,
-                sizes=sizes,
-                tag=tag,
-                meta_json=meta_json,
+                _SERIALIZER_NAMES.get(kind, f"#{kind}"),
+                f"{major}.{minor}",
+                text[:version_size].decode(),
+                _MAC_NAMES.get(mac, f"#{mac}"),
+                created,
+                None if expires != expires else expires,  # NaN stands for None
+                None if duration != duration else duration,
+                sizes,
+                text[version_size : version_size + tag_size].decode("utf-8", "surrogatepass"),
+                text[version_size + tag_size :],
             )
         except (struct.error, UnicodeDecodeError, MemoryError, OverflowError) as exc:
             raise EntryRefused(f"malformed header ({exc})") from exc
 
 
-@dataclass(frozen=True)
 class Entry:
-    """A value read from the cache, with what its envelope says about it."""
+    """A value read from the cache, with what its envelope says about it (read-only)."""
 
-    value: Any
-    created: float
-    expires: float | None
-    duration: float | None = None
-    tag: str = ""
-    meta_json: bytes = field(default=b"", repr=False)
+    __slots__ = ("_meta", "created", "duration", "expires", "meta_json", "tag", "value")
 
-    @cached_property
+    def __init__(
+        self,
+        value: Any,
+        created: float,
+        expires: float | None,
+        duration: float | None = None,
+        tag: str = "",
+        meta_json: bytes = b"",
+    ) -> None:
+        self.value = value
+        self.created = created
+        self.expires = expires
+        self.duration = duration
+        self.tag = tag
+        self.meta_json = meta_json
+        self._meta: dict[str, Any] | None = None
+
+    @property
     def meta(self) -> dict[str, Any]:
         """The free metadata the writer attached, parsed on first use."""
-        return _parse_meta(self.meta_json)
+        if self._meta is None:
+            self._meta = _parse_meta(self.meta_json)
+        return self._meta
+
+    def __repr__(self) -> str:
+        return (
+            f"Entry(value={self.value!r}, created={self.created}, expires={self.expires}, "
+            f"duration={self.duration}, tag={self.tag!r})"
+        )
 
 
 class Envelope:

@@ -372,13 +372,11 @@ def pickle_payload(marker: Path) -> bytes:
 
 def forge_with_wrong_mac(genuine: bytes, marker: Path) -> bytes:
     """An entry in the exact envelope format with the attacker's pickle and a made-up MAC."""
-    import dataclasses
-
     from nbcache.envelope import Header
 
     header_end = 8 + int.from_bytes(genuine[4:8], "little")
     payload = pickle_payload(marker)
-    header = dataclasses.replace(Header.unpack(genuine[8:header_end]), sizes=[len(payload)])
+    header = Header.unpack(genuine[8:header_end])._replace(sizes=[len(payload)])
     header_bytes = header.pack()
     key_id = genuine[header_end : header_end + 4]
     preamble = genuine[:4] + len(header_bytes).to_bytes(4, "little") + header_bytes
