@@ -196,24 +196,39 @@ def test_item_limit_comes_from_argument_callable_or_inner(inner: DictStore) -> N
 # -- damage is a miss ---------------------------------------------------------------------------
 
 
-def test_evicted_chunk_is_a_miss(store: ChunkedStore, inner: DictStore) -> None:
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "nbcache.stores.chunked" and r.levelno == logging.WARNING
+    ]
+
+
+def test_evicted_chunk_is_a_quiet_miss(
+    store: ChunkedStore, inner: DictStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Eviction is normal in memcached: logged at DEBUG, no warning."""
     store.set("k", [pattern(5000, 4)], None)
     inner.delete(store.chunk_keys("k")[2])
-    assert store.get("k") is NO_VALUE
-    assert store.get_many(["k"]) == [NO_VALUE]
-    assert store.gets("k") == (NO_VALUE, None)
+    with caplog.at_level(logging.DEBUG, logger="nbcache"):
+        assert store.get("k") is NO_VALUE
+        assert store.get_many(["k"]) == [NO_VALUE]
+        assert store.gets("k") == (NO_VALUE, None)
+    assert "chunk 2 is missing" in caplog.text
+    assert warnings_of(caplog) == []
 
 
-def test_corrupt_chunk_of_the_right_length_is_a_miss(
+def test_corrupt_chunk_of_the_right_length_is_a_miss_with_a_warning(
     store: ChunkedStore, inner: DictStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.set("k", [pattern(5000, 5)], None)
     victim = store.chunk_keys("k")[1]
     original = bytes(inner.get(victim))
     inner.set(victim, [bytes(b ^ 1 for b in original)], None)
-    with caplog.at_level(logging.DEBUG, logger="nbcache"):
+    with caplog.at_level(logging.WARNING, logger="nbcache"):
         assert store.get("k") is NO_VALUE
-    assert "digest mismatch" in caplog.text
+    warnings = warnings_of(caplog)
+    assert len(warnings) == 1 and "'k'" in warnings[0] and "digest mismatch" in warnings[0]
 
 
 def test_chunk_of_the_wrong_length_is_a_miss(store: ChunkedStore, inner: DictStore) -> None:
@@ -224,14 +239,29 @@ def test_chunk_of_the_wrong_length_is_a_miss(store: ChunkedStore, inner: DictSto
 
 
 @pytest.mark.parametrize(
-    "record",
-    [b"", b"\x00old format", b"\x12too short", b"\x12" + bytes(36) + b"\x05\x00\x00\x00"],
+    ("record", "reason"),
+    [
+        (b"", "empty record"),
+        (b"\x00old format", "not an nbcache record"),
+        (b"\x80\x05\x95planted pickle", "not an nbcache record"),
+        (b"\x12too short", "malformed manifest"),
+        (b"\x12" + bytes(36) + b"\x05\x00\x00\x00", "malformed manifest"),
+    ],
 )
-def test_unknown_or_malformed_record_is_a_miss(
-    store: ChunkedStore, inner: DictStore, record: bytes
+def test_unknown_or_malformed_record_is_a_miss_with_a_warning(
+    store: ChunkedStore,
+    inner: DictStore,
+    record: bytes,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    inner.set("k", [record], None)
-    assert store.get("k") is NO_VALUE
+    """Nothing nbcache writes looks like this: tampering or corruption, so a warning."""
+    inner.set("planted", [record], None)
+    with caplog.at_level(logging.WARNING, logger="nbcache"):
+        assert store.get("planted") is NO_VALUE
+    warnings = warnings_of(caplog)
+    assert len(warnings) == 1, warnings
+    assert "'planted'" in warnings[0] and reason in warnings[0]
 
 
 # -- writes -------------------------------------------------------------------------------------

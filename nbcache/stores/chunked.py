@@ -1,19 +1,19 @@
 """Values bigger than one item: split into chunks under per-write keys, manifest written last.
 
-Every value is stored under its key as one *record* whose first byte tells its kind and
-format version:
-
-- an **inline** record (``_INLINE_V1`` then the value) holds a value that fits in one item:
-  one item, one round trip to read;
-- a **manifest** record (``_MANIFEST_V1`` then write id, total length, chunk count, digest of
-  the whole value and the size of every chunk) names the chunks of a bigger value.
+Every value is stored under its key as one record (:mod:`nbcache.stores.chunk_layout`): an
+inline record for a value that fits in one item (one round trip to read), or a manifest
+naming the chunks of a bigger one.
 
 Each write of a big value draws a fresh random 16-byte write id and puts its chunks under keys
 derived from (key, write id, index), so two writers never overwrite each other's chunks. The
 chunks are written first and the manifest last, so a reader sees either the previous manifest
-(whose chunks are untouched) or the new one (whose chunks are all written). A chunk that is
-missing (evicted, or its writer died), has the wrong size, or a whole value whose digest does
-not match is a miss, logged at DEBUG: never an exception, never a mixed or corrupt value.
+(whose chunks are untouched) or the new one (whose chunks are all written).
+
+Whatever cannot be read is a miss, never an exception, never a mixed or corrupt value. A chunk
+that is missing (evicted, or its writer died) or has the wrong size is normal in memcached and
+logged at DEBUG. A record that is not an nbcache record, a malformed manifest, or a value whose
+digest does not match its manifest means tampering or corruption: logged at WARNING, naming
+the key and the reason.
 
 When the inner store offers :class:`ChunkTransport` (memcached does), chunks are written from
 the caller's buffers in one pipelined call and read straight into the one buffer that becomes
@@ -24,23 +24,30 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, total_size
 from nbcache.exceptions import StoreFault
+from nbcache.stores.chunk_layout import (
+    INLINE_V1,
+    MANIFEST_HEADER,
+    WRITE_ID_BYTES,
+    Manifest,
+    Unreadable,
+    byte_views,
+    chunk_key,
+    chunk_pieces,
+    decode_record,
+    digest,
+    encode_manifest,
+    manifest_chunk_keys,
+)
 
 logger = logging.getLogger(__name__)
 
 ReadValue = bytes | bytearray | memoryview
-
-_INLINE_V1 = b"\x11"
-_MANIFEST_V1 = b"\x12"
-# write id, total length, chunk count, xxh3_128 digest of the whole value; then the sizes.
-_MANIFEST_HEADER = struct.Struct("<16sQI16s")
-_WRITE_ID_BYTES = 16
 
 #: Item limit assumed when neither the caller nor the inner store says: memcached's default.
 DEFAULT_MAX_ITEM_SIZE = 1024 * 1024
@@ -65,72 +72,12 @@ class ChunkTransport(Protocol):
         ...
 
 
-class _Manifest(NamedTuple):
-    write_id: bytes
-    total: int
-    digest: bytes
-    sizes: tuple[int, ...]
-
-
-def _digest(parts: Sequence[Buffer]) -> bytes:
-    import xxhash
-
-    hasher = xxhash.xxh3_128()
-    for part in parts:
-        hasher.update(part)
-    return bytes(hasher.digest())
-
-
-def _byte_views(value: Sequence[Buffer]) -> list[memoryview]:
-    """Flat unsigned-byte views of the caller's buffers (no copy)."""
-    views = []
-    for part in value:
-        view = memoryview(part)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        if view.nbytes:
-            views.append(view)
-    return views
-
-
-def _chunk_pieces(views: Sequence[memoryview], chunk_size: int) -> Iterator[list[memoryview]]:
-    """The value cut into chunks of ``chunk_size`` bytes, each as slices of the given views."""
-    pieces: list[memoryview] = []
-    room = chunk_size
-    for view in views:
-        offset = 0
-        while offset < view.nbytes:
-            take = min(room, view.nbytes - offset)
-            pieces.append(view[offset : offset + take])
-            offset += take
-            room -= take
-            if room == 0:
-                yield pieces
-                pieces = []
-                room = chunk_size
-    if pieces:
-        yield pieces
-
-
-def chunk_key(key: str, write_id: bytes, index: int) -> str:
-    """The key of chunk ``index`` of the write ``write_id`` of ``key``."""
-    return f"{key}#chunk:{write_id.hex()}:{index}"
-
-
-def _parse_manifest(key: str, record: memoryview) -> _Manifest | None:
-    body = record[1:]
-    if body.nbytes < _MANIFEST_HEADER.size:
-        logger.debug("chunked value %r: manifest truncated", key)
-        return None
-    write_id, total, count, digest = _MANIFEST_HEADER.unpack_from(body)
-    if body.nbytes != _MANIFEST_HEADER.size + 4 * count:
-        logger.debug("chunked value %r: manifest length does not match its chunk count", key)
-        return None
-    sizes = struct.unpack_from(f"<{count}I", body, _MANIFEST_HEADER.size)
-    if sum(sizes) != total:
-        logger.debug("chunked value %r: chunk sizes do not add up to the total", key)
-        return None
-    return _Manifest(write_id, total, digest, sizes)
+def _warn_digest_mismatch(key: str) -> None:
+    logger.warning(
+        "nbcache: refused the chunked value under %r: digest mismatch (its chunks are corrupt "
+        "or were tampered with)",
+        key,
+    )
 
 
 class ChunkedStore:
@@ -167,14 +114,14 @@ class ChunkedStore:
         if limit is None:
             limit = getattr(self.inner, "max_item_size", None) or DEFAULT_MAX_ITEM_SIZE
         size = limit() if callable(limit) else limit
-        if size <= ITEM_OVERHEAD + _MANIFEST_HEADER.size + 1:
+        if size <= ITEM_OVERHEAD + MANIFEST_HEADER.size + 1:
             raise ValueError(f"max_item_size {size} leaves no room for a chunk")
         return int(size) - ITEM_OVERHEAD
 
     @property
     def inline_limit(self) -> int:
         """The largest value stored inline, in one item; anything bigger is chunked."""
-        return self.chunk_size - len(_INLINE_V1)
+        return self.chunk_size - len(INLINE_V1)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -185,10 +132,10 @@ class ChunkedStore:
         """Values in the order of ``keys``: one round trip for the records, one for all chunks."""
         records = self.inner.get_many(keys)
         values: list[ReadValue | NoValue] = [NO_VALUE] * len(keys)
-        manifests: list[tuple[int, _Manifest]] = []
+        manifests: list[tuple[int, Manifest]] = []
         for position, (key, record) in enumerate(zip(keys, records, strict=True)):
             decoded = self._decode_record(key, record)
-            if isinstance(decoded, _Manifest):
+            if isinstance(decoded, Manifest):
                 manifests.append((position, decoded))
             else:
                 values[position] = decoded
@@ -202,7 +149,7 @@ class ChunkedStore:
         """The value and a token for :meth:`cas`; for a big value the token is its manifest's."""
         record, token = self.inner.gets(key)
         decoded = self._decode_record(key, record)
-        if isinstance(decoded, _Manifest):
+        if isinstance(decoded, Manifest):
             decoded = self._read_values([(key, decoded)])[0]
         if decoded is NO_VALUE:
             return NO_VALUE, None
@@ -210,31 +157,22 @@ class ChunkedStore:
 
     def _decode_record(
         self, key: str, record: ReadValue | NoValue
-    ) -> ReadValue | NoValue | _Manifest:
+    ) -> ReadValue | NoValue | Manifest:
         """An inline value (a view into ``record``), a manifest to follow, or a miss."""
         if isinstance(record, NoValue):
             return NO_VALUE
-        view = memoryview(record)
-        if view.nbytes == 0:
-            logger.debug("chunked value %r: empty record", key)
+        decoded = decode_record(memoryview(record))
+        if isinstance(decoded, Unreadable):
+            logger.warning("nbcache: refused the record under %r: %s", key, decoded.reason)
             return NO_VALUE
-        tag = view[:1].tobytes()
-        if tag == _INLINE_V1:
-            return view[1:]
-        if tag == _MANIFEST_V1:
-            manifest = _parse_manifest(key, view)
-            return NO_VALUE if manifest is None else manifest
-        logger.debug("chunked value %r: unknown record tag %r", key, tag)
-        return NO_VALUE
+        return decoded
 
-    def _read_values(self, wanted: Sequence[tuple[str, _Manifest]]) -> list[bytearray | NoValue]:
+    def _read_values(self, wanted: Sequence[tuple[str, Manifest]]) -> list[bytearray | NoValue]:
         """The big values the manifests name, all chunks in one call; a miss for each broken one."""
         if self._transport is not None:
             return self._receive(self._transport, wanted)
-        chunk_keys = [
-            chunk for key, manifest in wanted for chunk in self._chunk_keys(key, manifest)
-        ]
-        chunks = self.inner.get_many(chunk_keys)
+        keys = [chunk for key, manifest in wanted for chunk in manifest_chunk_keys(key, manifest)]
+        chunks = self.inner.get_many(keys)
         values: list[bytearray | NoValue] = []
         start = 0
         for key, manifest in wanted:
@@ -244,7 +182,7 @@ class ChunkedStore:
         return values
 
     def _receive(
-        self, transport: ChunkTransport, wanted: Sequence[tuple[str, _Manifest]]
+        self, transport: ChunkTransport, wanted: Sequence[tuple[str, Manifest]]
     ) -> list[bytearray | NoValue]:
         """Like :meth:`_read_values`, each value received into its final buffer (no copy)."""
         buffers = [bytearray(manifest.total) for _, manifest in wanted]
@@ -270,15 +208,15 @@ class ChunkedStore:
                     arrived.index(False),
                 )
                 values.append(NO_VALUE)
-            elif _digest([buffer]) != manifest.digest:
-                logger.debug("chunked value %r: digest mismatch", key)
+            elif digest([buffer]) != manifest.digest:
+                _warn_digest_mismatch(key)
                 values.append(NO_VALUE)
             else:
                 values.append(buffer)
         return values
 
     def _assemble(
-        self, key: str, manifest: _Manifest, chunks: Sequence[ReadValue | NoValue]
+        self, key: str, manifest: Manifest, chunks: Sequence[ReadValue | NoValue]
     ) -> bytearray | NoValue:
         """The whole value from its chunks, or a miss if any is missing, wrong or corrupt."""
         value = bytearray(manifest.total)
@@ -295,26 +233,22 @@ class ChunkedStore:
             target[offset : offset + size] = view
             offset += size
         target.release()
-        if _digest([value]) != manifest.digest:
-            logger.debug("chunked value %r: digest mismatch", key)
+        if digest([value]) != manifest.digest:
+            _warn_digest_mismatch(key)
             return NO_VALUE
         return value
 
     def chunk_keys(self, key: str) -> list[str]:
         """Keys of the chunks the manifest under ``key`` names now ([] for an inline value)."""
         decoded = self._decode_record(key, self.inner.get(key))
-        return self._chunk_keys(key, decoded) if isinstance(decoded, _Manifest) else []
-
-    @staticmethod
-    def _chunk_keys(key: str, manifest: _Manifest) -> list[str]:
-        return [chunk_key(key, manifest.write_id, i) for i in range(len(manifest.sizes))]
+        return manifest_chunk_keys(key, decoded) if isinstance(decoded, Manifest) else []
 
     # -- writing ----------------------------------------------------------------------------
 
     def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         chunk_size = self.chunk_size
-        if total_size(value) <= chunk_size - len(_INLINE_V1):
-            return self.inner.set(key, [_INLINE_V1, *value], ttl)
+        if total_size(value) <= chunk_size - len(INLINE_V1):
+            return self.inner.set(key, [INLINE_V1, *value], ttl)
         previous = self._decode_record(key, self.inner.get(key))
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
@@ -323,15 +257,15 @@ class ChunkedStore:
         if not self.inner.set(key, [manifest], manifest_ttl):
             self._delete_quietly(chunk_keys)
             return False
-        if isinstance(previous, _Manifest):
-            self._delete_quietly(self._chunk_keys(key, previous))
+        if isinstance(previous, Manifest):
+            self._delete_quietly(manifest_chunk_keys(key, previous))
         return True
 
     def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         """Store only if ``key`` holds no readable value (a manifest with lost chunks is none)."""
         chunk_size = self.chunk_size
-        if total_size(value) <= chunk_size - len(_INLINE_V1):
-            record: list[Buffer] = [_INLINE_V1, *value]
+        if total_size(value) <= chunk_size - len(INLINE_V1):
+            record: list[Buffer] = [INLINE_V1, *value]
             return self.inner.add(key, record, ttl) or self._replace_unreadable(key, record, ttl)
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
@@ -347,8 +281,8 @@ class ChunkedStore:
     def cas(self, key: str, value: Sequence[Buffer], ttl: float | None, token: CasToken) -> bool:
         """Store only if ``key`` is unchanged since :meth:`gets`; a big value's chunks go first."""
         chunk_size = self.chunk_size
-        if total_size(value) <= chunk_size - len(_INLINE_V1):
-            return self.inner.cas(key, [_INLINE_V1, *value], ttl, token)
+        if total_size(value) <= chunk_size - len(INLINE_V1):
+            return self.inner.cas(key, [INLINE_V1, *value], ttl, token)
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
             return False
@@ -365,7 +299,7 @@ class ChunkedStore:
             # It vanished between add and gets (expired, evicted): one more try.
             return self.inner.add(key, record, ttl)
         decoded = self._decode_record(key, current)
-        if isinstance(decoded, _Manifest):
+        if isinstance(decoded, Manifest):
             decoded = self._read_values([(key, decoded)])[0]
         if decoded is not NO_VALUE:
             return False
@@ -379,21 +313,20 @@ class ChunkedStore:
         None if ``inner`` refused a chunk, or if writing took so long that the first chunks
         have already expired; the chunks already written are then deleted.
         """
-        write_id = os.urandom(_WRITE_ID_BYTES)
-        views = _byte_views(value)
+        write_id = os.urandom(WRITE_ID_BYTES)
+        views = byte_views(value)
         chunk_ttl = None if ttl is None else ttl + CHUNK_TTL_MARGIN
         started = time.monotonic()
         items = [
             (chunk_key(key, write_id, index), pieces)
-            for index, pieces in enumerate(_chunk_pieces(views, chunk_size))
+            for index, pieces in enumerate(chunk_pieces(views, chunk_size))
         ]
         keys = [chunk for chunk, _ in items]
         sizes = [sum(piece.nbytes for piece in pieces) for _, pieces in items]
         if not self._send_chunks(key, items, chunk_ttl):
             self._delete_quietly(keys)
             return None
-        header = _MANIFEST_HEADER.pack(write_id, sum(sizes), len(sizes), _digest(views))
-        manifest = b"".join([_MANIFEST_V1, header, struct.pack(f"<{len(sizes)}I", *sizes)])
+        manifest = encode_manifest(write_id, sizes, digest(views))
         if ttl is None:
             return manifest, keys, None
         # The chunks' clock started before the manifest's: never let the manifest outlive them.
@@ -434,8 +367,8 @@ class ChunkedStore:
         """Delete the value under ``key``; a big value's chunks are deleted best-effort after."""
         decoded = self._decode_record(key, self.inner.get(key))
         deleted = self.inner.delete(key)
-        if isinstance(decoded, _Manifest):
-            self._delete_quietly(self._chunk_keys(key, decoded))
+        if isinstance(decoded, Manifest):
+            self._delete_quietly(manifest_chunk_keys(key, decoded))
         return deleted
 
     def clear(self) -> bool:
