@@ -34,8 +34,8 @@ from .cache import Cache
 from .cell_code import CellCode, analyze_cell, display_suppressed
 from .cell_execution import run_body
 from .cell_output import RecordedOutput, record_output, replay_output
+from .code_snapshot import CodeSnapshot
 from .exceptions import UnhashableValue, UnpicklableValueError
-from .fingerprint import function_fingerprint
 from .rebind import rebind_globals
 from .session_stats import SessionStats, format_seconds
 from .tokenize import value_digest
@@ -116,11 +116,14 @@ def input_digest(value: object) -> str:
     """The digest an input contributes to a cell's key.
 
     Functions and classes count by code fingerprint (so editing a helper defined in another
-    cell changes the key); modules by name and version; everything else by value. Raises
-    :class:`~nbcache.exceptions.UnhashableValue` for values without a digest.
+    cell changes the key) and by the values of the global data their code reads (so changing
+    a global a helper uses changes it too); modules by name and version; everything else by
+    value. Raises :class:`~nbcache.exceptions.UnhashableValue` for values without a digest.
     """
     if isinstance(value, types.FunctionType | type):
-        return "code:" + function_fingerprint(value)
+        snapshot = CodeSnapshot.take(value)
+        global_digests, _ = snapshot.global_digests()
+        return "code:" + value_digest((snapshot.fingerprint, sorted(global_digests.items())))
     return "value:" + value_digest(value)
 
 

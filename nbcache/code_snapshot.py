@@ -24,7 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbcache.exceptions import UnhashableValue
 from nbcache.fingerprint import function_fingerprint, function_fingerprint_parts, is_user_module
+from nbcache.tokenize import value_digest
 
 _MISSING = object()
 _FROZEN_SCALARS = (type(None), bool, int, float, complex, str, bytes, range)
@@ -83,6 +85,23 @@ class CodeSnapshot:
             if mapping.get(name, _MISSING) is not expected:
                 return False
         return all(_cell_contents(cell) is expected for cell, expected in self._cells)
+
+    def global_digests(self) -> tuple[dict[str, str], dict[str, UnhashableValue]]:
+        """Digests of the global data values the code reads now, by label.
+
+        A value without a digest (a connection, a lock) is keyed by its type only; those are
+        returned second, so the caller can say so.
+        """
+        digests: dict[str, str] = {}
+        opaque: dict[str, UnhashableValue] = {}
+        for global_input in self.global_inputs:
+            value = global_input.namespace.get(global_input.name, _MISSING)
+            try:
+                digests[global_input.label] = value_digest(value)
+            except UnhashableValue as problem:
+                opaque[global_input.label] = problem
+                digests[global_input.label] = value_digest(("type", problem.type_name))
+        return digests, opaque
 
     def parts(self) -> dict[str, str]:
         """Fingerprints of the function and each user-defined helper it reaches, by name."""

@@ -258,24 +258,19 @@ class CachedFunction:
         """The key and key material of one call (raises when it has none)."""
         snapshot = self.memo.current()
         arguments = self.keys.argument_digests(args, kwargs)
-        global_digests = {}
-        for global_input in snapshot.global_inputs:
-            value = global_input.namespace.get(global_input.name, NO_VALUE)
-            try:
-                global_digests[global_input.label] = value_digest(value)
-            except UnhashableValue as problem:
-                # A connection or lock read from a global: its state is not an input we can
-                # see; keyed by type, and said once.
-                self._warn_once(
-                    ("global", global_input.label),
-                    "nbcache: %s() reads global `%s`, which has no digest (%s); it is keyed "
-                    "by its type only",
-                    self.name,
-                    global_input.label,
-                    problem.reason,
-                    level=logging.DEBUG,
-                )
-                global_digests[global_input.label] = value_digest(("type", problem.type_name))
+        global_digests, opaque = snapshot.global_digests()
+        for label, problem in opaque.items():
+            # A connection or lock read from a global: its state is not an input we can see;
+            # keyed by type, and said once.
+            self._warn_once(
+                ("global", label),
+                "nbcache: %s() reads global `%s`, which has no digest (%s); it is keyed "
+                "by its type only",
+                self.name,
+                label,
+                problem.reason,
+                level=logging.DEBUG,
+            )
         return self.keys.build(snapshot.fingerprint, arguments, global_digests)
 
     def _read(self, cache: Cache, call: CallKey) -> _Hit | NoValue:

@@ -109,6 +109,18 @@ def test_editing_a_helper_defined_in_another_cell_recomputes(shell: InteractiveS
     assert runs(shell) == 2 and shell.user_ns["y"] == 30
 
 
+def test_changing_a_global_that_a_helper_reads_recomputes(shell: InteractiveShell):
+    """The cell reads only `scale`; `scale` reads the global `factor`: its value is an input."""
+    cell = "%%cache\n" + COUNTED + "y = scale(10)"
+    shell.run_cell("factor = 2\ndef scale(v):\n    return v * factor")
+    run(shell, cell)
+    run(shell, cell)
+    assert runs(shell) == 1 and shell.user_ns["y"] == 20
+    shell.run_cell("factor = 3")
+    run(shell, cell)
+    assert runs(shell) == 2 and shell.user_ns["y"] == 30
+
+
 def test_comments_and_layout_do_not_change_the_key_but_the_name_does(shell: InteractiveShell):
     shell.run_cell("data = [1]")
     run(shell, SLOW_CELL)
