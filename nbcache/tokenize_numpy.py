@@ -2,15 +2,27 @@
 
 An array digests as its dtype (byte order, structured fields, units), its shape and all of its
 content in C order. Contiguous data is hashed straight from the array's buffer, without a copy;
-a strided view is hashed in bounded blocks and digests equal to its contiguous copy. Object and
-variable-width string arrays digest element by element. Float content is bit-exact: ``-0.0``
-and ``0.0`` differ, and so may NaNs with different payloads (a miss, never a wrong hit).
+a strided view is hashed in bounded blocks and digests equal to its contiguous copy. Float
+content is bit-exact: ``-0.0`` and ``0.0`` differ, and so may NaNs with different payloads (a
+miss, never a wrong hit).
+
+Object and variable-width string arrays are read in batches (:func:`write_object_elements`).
+The elements of a batch whose class is exactly ``str`` are encoded together at C speed: joined
+with NUL separators and UTF-8 encoded (lone surrogates kept), or, when an element itself holds a
+NUL, as their lengths followed by their concatenation. Either way the encoding is exact, with
+no per-element hash, so ``("ab", "c")`` and ``("a", "bc")`` differ. Every other element (None,
+NaN, ``pd.NA``, numbers, ``str`` subclasses such as ``numpy.str_``) keeps its own typed
+encoding, marked by position. A batch holds about 1 MiB of text, so digesting a column of a
+million strings adds a few MiB at most, never a copy of the column.
 
 Imported by :mod:`nbcache.tokenize` the first time a numpy value is digested.
 """
 
 from __future__ import annotations
 
+import itertools
+import operator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +32,22 @@ if TYPE_CHECKING:
 
 # Strided arrays are copied to contiguous blocks of about this size before hashing.
 _BLOCK_BYTES = 1 << 22
+
+# Object elements are read in batches sized from the text of the batch before: about this
+# much text per batch keeps the joined copy small while the per-batch cost stays negligible.
+_TEXT_PER_BATCH = 1 << 20
+_FIRST_BATCH = 1 << 10
+_MAX_BATCH = 1 << 16
+
+# Batch markers: control bytes, which never start an element's own encoding.
+_ALL_STR = b"\x01"
+_NO_STR = b"\x02"
+_SOME_STR = b"\x03"
+_NUL_SEPARATED = b"\x04"
+_LENGTH_PREFIXED = b"\x05"
+
+#: Returns the elements ``[start, stop)`` of a sequence as a 1-D object array.
+ElementSlicer = Callable[[int, int], "np.ndarray[Any, Any]"]
 
 
 def write_dtype(writer: TokenWriter, dtype: np.dtype[Any]) -> None:
@@ -56,11 +84,81 @@ def write_array_content(writer: TokenWriter, array: np.ndarray[Any, Any]) -> Non
     elif dtype.hasobject or dtype.kind == "T":
         if not writer.enter(array):
             return
-        for element in array.flat:
-            writer.value(element)
+        write_object_elements(writer, array.size, _object_slicer(array))
         writer.leave(array)
     elif array.nbytes:
         _write_raw(writer, array)
+
+
+def write_object_elements(writer: TokenWriter, length: int, elements: ElementSlicer) -> None:
+    """Append ``length`` elements of any type, read through ``elements`` a batch at a time.
+
+    The encoding depends only on the elements (batch sizes follow from their content), so
+    any two sources of the same elements write the same bytes.
+    """
+    start = 0
+    batch = _FIRST_BATCH
+    while start < length:
+        stop = min(start + batch, length)
+        text_bytes = _write_object_batch(writer, elements(start, stop))
+        batch = _next_batch_size(stop - start, text_bytes)
+        start = stop
+
+
+def _next_batch_size(count: int, text_bytes: int) -> int:
+    """Aim at ``_TEXT_PER_BATCH`` of text, growing at most fourfold from one batch to the next."""
+    bytes_per_element = text_bytes // count + 1
+    return max(1, min(_TEXT_PER_BATCH // bytes_per_element, 4 * count, _MAX_BATCH))
+
+
+def _write_object_batch(writer: TokenWriter, batch: np.ndarray[Any, Any]) -> int:
+    """Append one batch; return the UTF-8 size of its strings (it sizes the next batch)."""
+    # Exact class test: a str subclass may behave differently, so it is digested as itself.
+    if all(map(operator.is_, map(type, batch), itertools.repeat(str))):
+        writer.raw(_ALL_STR)
+        return _write_strings(writer, batch)
+    is_str = np.fromiter(
+        map(operator.is_, map(type, batch), itertools.repeat(str)), dtype=bool, count=len(batch)
+    )
+    if not is_str.any():
+        writer.raw(_NO_STR)
+        for element in batch:
+            writer.value(element)
+        return 0
+    writer.raw(_SOME_STR)
+    writer.raw(np.packbits(is_str).tobytes())
+    text_bytes = _write_strings(writer, batch[is_str])
+    for element in batch[~is_str]:
+        writer.value(element)
+    return text_bytes
+
+
+def _write_strings(writer: TokenWriter, strings: np.ndarray[Any, Any]) -> int:
+    """Append str elements (their count is known to the reader); return their UTF-8 size."""
+    joined = "\x00".join(strings)
+    if joined.count("\x00") == max(len(strings) - 1, 0):  # no element holds a NUL itself
+        writer.raw(_NUL_SEPARATED)
+    else:
+        writer.raw(_LENGTH_PREFIXED)
+        lengths = np.fromiter(map(len, strings), dtype="<i8", count=len(strings))
+        writer.bulk(_bytes_of(lengths))
+        joined = "".join(strings)
+    encoded = joined.encode("utf-8", "surrogatepass")
+    del joined
+    writer.sized(encoded)
+    return len(encoded)
+
+
+def _object_slicer(array: np.ndarray[Any, Any]) -> ElementSlicer:
+    """Slices of an object or variable-width string array in C order, as object arrays."""
+    flat: Any = array.reshape(-1) if array.flags.c_contiguous else array.flat
+    as_objects = array.dtype.kind == "T"
+
+    def elements(start: int, stop: int) -> np.ndarray[Any, Any]:
+        part: np.ndarray[Any, Any] = flat[start:stop]  # a flatiter slice copies just this part
+        return part.astype(object) if as_objects else part
+
+    return elements
 
 
 def _write_raw(writer: TokenWriter, array: np.ndarray[Any, Any]) -> None:

@@ -23,9 +23,15 @@ if TYPE_CHECKING:
     from nbcache.tokenize import TokenWriter
 
 
+# A RangeIndex is written as the int64 values it stands for, generated this many at a time.
+_RANGE_BLOCK = 1 << 16
+
+
 def _write_values(writer: TokenWriter, values: Any) -> None:
     """A column's or an index's dtype and values (``values`` is a Series or an Index)."""
-    if isinstance(values.dtype, np.dtype):
+    if isinstance(values, pd.RangeIndex):
+        _write_range(writer, values)
+    elif isinstance(values.dtype, np.dtype):
         array = values.to_numpy(copy=False)
         writer.raw(b"n")
         tokenize_numpy.write_dtype(writer, array.dtype)
@@ -34,6 +40,22 @@ def _write_values(writer: TokenWriter, values: Any) -> None:
     else:
         writer.raw(b"e")
         _extension_array(writer, values.array)
+
+
+def _write_range(writer: TokenWriter, index: Any) -> None:
+    """Write a RangeIndex exactly as its int64 values, without materialising them.
+
+    Materialising would cost a copy as big as an int64 column, and pandas would keep it
+    cached on the caller's index.
+    """
+    writer.raw(b"n")
+    tokenize_numpy.write_dtype(writer, np.dtype(np.int64))
+    writer.count(len(index))
+    start, step = int(index.start), int(index.step)
+    for first in range(0, len(index), _RANGE_BLOCK):
+        count = min(_RANGE_BLOCK, len(index) - first)
+        block = np.arange(count, dtype=np.int64) * step + (start + first * step)
+        tokenize_numpy.write_array_content(writer, block)
 
 
 def _extension_array(writer: TokenWriter, array: Any) -> None:
@@ -54,8 +76,17 @@ def _extension_array(writer: TokenWriter, array: Any) -> None:
             data = np.where(mask, np.zeros((), dtype=data.dtype), data)
         tokenize_numpy.write_array_content(writer, mask)
         tokenize_numpy.write_array_content(writer, data)
-    else:  # strings, intervals, sparse, arrow-backed: element by element
-        tokenize_numpy.write_array_content(writer, np.asarray(array, dtype=object))
+    else:  # strings, intervals, sparse, arrow-backed: as objects, one batch at a time
+        tokenize_numpy.write_object_elements(writer, len(array), _object_slicer(array))
+
+
+def _object_slicer(array: Any) -> tokenize_numpy.ElementSlicer:
+    """Slices of an extension array as object arrays (a view for python-backed strings)."""
+
+    def elements(start: int, stop: int) -> np.ndarray[Any, Any]:
+        return np.asarray(array[start:stop], dtype=object)
+
+    return elements
 
 
 def _index(writer: TokenWriter, index: Any) -> None:
