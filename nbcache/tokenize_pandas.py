@@ -7,6 +7,10 @@ An Index digests by its values, dtype, names and frequency, not its class: a ``R
 the equal int64 ``Index`` digest equal. A MultiIndex digests level values by position, so
 different level/code layouts of equal labels digest equal. ``attrs`` count.
 
+Text and other extension columns are read as objects a batch at a time and encoded by
+:func:`nbcache.tokenize_numpy.write_object_elements` (strings at C speed, exactly, with missing
+values kept apart); a ``RangeIndex`` is written as its int64 values without materialising them.
+
 Imported by :mod:`nbcache.tokenize` the first time a pandas value is digested.
 """
 
