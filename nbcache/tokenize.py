@@ -45,7 +45,7 @@ __all__ = ["TokenWriter", "UnhashableValue", "register_token", "value_digest"]
 #: Writes one value's encoding into a :class:`TokenWriter`.
 Handler = Callable[["TokenWriter", Any], None]
 
-_FORMAT_VERSION = b"nbcache.tokenize/1\x00"
+_FORMAT_VERSION = b"nbcache.tokenize/2\x00"
 _DIRECT_HASH_BYTES = 1 << 16  # buffers this big are hashed in place rather than copied
 _MAX_RESOLVED_TYPES = 10_000
 
