@@ -3,7 +3,13 @@
 Layout of an entry (all integers little-endian)::
 
     b"NBC" | format (1 byte) | header length (4) | header | key id (4) | MAC (32)
-    | pickle head | out-of-band buffer 0 | buffer 1 | ...
+    | pickle head | padding | out-of-band buffer 0 | padding | buffer 1 | ...
+
+Each out-of-band buffer starts at a multiple of :data:`~nbcache.buffers.ALIGNMENT` (64) bytes
+from the entry's first byte, after zero bytes of padding (at most 63): a store that delivers
+the entry at an aligned address delivers every array in it aligned. The header records the
+frames' sizes, not the padding; the reader recomputes the padding from the same rule. The
+MAC covers the padding like every other byte after it.
 
 The header (binary: it is read on every hit, so it costs well under a microsecond to parse)
 says who wrote the entry (serializer, Python major.minor, cloudpickle version), when, how long
@@ -17,24 +23,33 @@ outright), and only then the pickle.
 An unsigned envelope (key id and MAC absent, MAC kind "none" in the header) serves the
 in-process store, which nothing outside the process can write; a reader that has a signer
 refuses unsigned entries, so there is no downgrade.
+
+Opening hands pickle buffers that are writable and aligned (64 bytes from 64 KiB on, else 16):
+where the store's memory is read-only or misaligned, the buffer is copied (logged at DEBUG
+for a big one: the stores are meant to make that unnecessary).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 import sys
 import time
 from typing import Any, NamedTuple
 
+from . import buffers as aligned
 from . import serializer
 from .api import Buffer
 from .exceptions import EntryRefused
 from .signing import KEY_ID_SIZE, MAC_SIZE, Signer
 
+logger = logging.getLogger(__name__)
+
 MAGIC = b"NBC"
-FORMAT = 2
+#: 3: out-of-band buffers padded to 64-byte offsets.
+FORMAT = 3
 _PREAMBLE = len(MAGIC) + 1 + 4
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -46,6 +61,7 @@ _SERIALIZER_NAMES = {number: name for name, number in _SERIALIZERS.items()}
 _MAC_KINDS = {"none": 0, "blake3": 1}
 _MAC_NAMES = {number: name for name, number in _MAC_KINDS.items()}
 _NONE = math.nan
+_PADDING = bytes(aligned.ALIGNMENT - 1)
 
 
 class Header(NamedTuple):
@@ -189,11 +205,13 @@ class Envelope:
             else b"",
         ).pack()
         preamble = MAGIC + bytes([FORMAT]) + len(header_bytes).to_bytes(4, "little") + header_bytes
-        payload: list[Buffer] = [frames.head, *frames.buffers]
+        if self.signer is not None:
+            preamble += self.signer.key_id
+        payload = _padded(len(preamble) + (MAC_SIZE if self.signer else 0), frames)
         if self.signer is None:
             return [preamble, *payload]
         mac = self.signer.sign(_signed_parts(self.context, key, header_bytes, payload))
-        return [preamble + self.signer.key_id + mac, *payload]
+        return [preamble + mac, *payload]
 
     def open_header(self, key: str, entry: Buffer) -> tuple[Header, list[memoryview]]:
         """Check an entry (format, MAC, versions) and split it; nothing is unpickled here.
@@ -222,25 +240,56 @@ class Envelope:
             offset = mac_end
         header = Header.unpack(header_bytes)
         _check_writer(header, signed=self.signer is not None)
-        if sum(header.sizes) != len(view) - offset:
-            raise EntryRefused("truncated entry")
         frames = []
-        for size in header.sizes:
+        for index, size in enumerate(header.sizes):
+            if index:
+                offset += -offset % aligned.ALIGNMENT
             frames.append(view[offset : offset + size])
             offset += size
+        if offset != len(view):
+            raise EntryRefused("truncated entry")
         return header, frames
 
     def open(self, key: str, entry: Buffer) -> Entry:
         """The value of a trusted entry; :class:`EntryRefused` if untrusted or unloadable."""
         header, frames = self.open_header(key, entry)
-        buffers = frames[1:]
-        if buffers and buffers[0].readonly:
-            # Rebuilt arrays share their buffers: they must be writable memory of the caller's.
-            buffers = [memoryview(bytearray(buffer)) for buffer in buffers]
-        value = serializer.loads(frames[0], buffers)
+        value = serializer.loads(frames[0], [_usable(key, buffer) for buffer in frames[1:]])
         return Entry(
             value, header.created, header.expires, header.duration, header.tag, header.meta_json
         )
+
+
+def _padded(start: int, frames: serializer.Frames) -> list[Buffer]:
+    """The payload frames, each out-of-band buffer preceded by the padding that aligns it.
+
+    ``start`` is the payload's offset in the entry.
+    """
+    payload: list[Buffer] = [frames.head]
+    offset = start + len(frames.head)
+    for buffer in frames.buffers:
+        padding = -offset % aligned.ALIGNMENT
+        if padding:
+            payload.append(_PADDING[:padding])
+        payload.append(buffer)
+        offset += padding + buffer.nbytes
+    return payload
+
+
+def _usable(key: str, buffer: memoryview) -> memoryview:
+    """``buffer`` if arrays may be rebuilt on it (writable, aligned), else an aligned copy.
+
+    Rebuilt arrays share their buffers, so they must be the caller's own writable memory.
+    """
+    if aligned.is_aligned(buffer):
+        return buffer
+    if buffer.nbytes >= aligned.BIG:
+        logger.debug(
+            "copying a %d-byte buffer of %r: the store delivered it %s",
+            buffer.nbytes,
+            key,
+            "read-only" if buffer.readonly else "misaligned",
+        )
+    return aligned.copy_aligned(buffer)
 
 
 def _signed_parts(context: str, key: str, header: Buffer, payload: list[Buffer]) -> list[Buffer]:
