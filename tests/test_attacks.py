@@ -157,7 +157,7 @@ def test_caching_recovers_after_the_generation_key_is_overwritten(
 ) -> None:
     truth = fill(cache)
     # In the chunked store's inline-record format, so the namespace reads it as its token.
-    planted = b"\x11" + pickle_payload(marker)
+    planted = pickle_payload(marker) + b"\x13"
     assert raw.set(generation_key(server_keys(memcached)), planted, noreply=False)
     assert_recomputed(cache, truth)
 
@@ -169,18 +169,18 @@ def test_pickles_in_the_caches_own_record_format_are_refused_with_a_warning(
     marker: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The attacker prefixes the inline-record tag and the current generation token, so the
+    """The attacker appends the current generation token and the inline-record tag, so the
     bytes reach the envelope: only the envelope stands between them and the unpickler."""
     truth = {"small-1": {"answer": 1}, "small-2": [2, 2]}
     for key, value in truth.items():
         assert cache.set(key, value)
     keys = server_keys(memcached)
     generation = raw.get(generation_key(keys))
-    # The inline-record tag and the 8-byte generation token: what every record starts with.
-    assert generation is not None and len(generation) == 1 + 8
+    # The 8-byte generation token and the inline-record tag: what every record ends with.
+    assert generation is not None and len(generation) == 8 + 1
     for key in keys:
         if key != NAMESPACE_GENERATION:
-            assert raw.set(key, generation + pickle_payload(marker), noreply=False)
+            assert raw.set(key, pickle_payload(marker) + generation, noreply=False)
     caplog.set_level(logging.WARNING, logger="nbcache")
     assert_recomputed(cache, truth)
     warnings = refusals(caplog)
@@ -208,12 +208,12 @@ def test_forged_envelopes_under_every_key_are_refused_with_a_warning(
         assert memcached_key in keys, keys
         if forgery == "wrong MAC":
             # The user's own format and key id, the attacker's payload, a MAC they guessed.
-            genuine = raw.get(memcached_key)[len(generation) :]
+            genuine = raw.get(memcached_key)[: -len(generation)]
             entry = forge_with_wrong_mac(genuine, marker)
         else:
             attacker = Envelope(Signer([ATTACKER_SECRET.encode()]))
             entry = b"".join(bytes(f) for f in attacker.seal(key, MakesMarker(marker), None))
-        assert raw.set(memcached_key, generation + entry, noreply=False)
+        assert raw.set(memcached_key, entry + generation, noreply=False)
     caplog.set_level(logging.WARNING, logger="nbcache")
     assert_recomputed(cache, truth)
     warnings = refusals(caplog)
@@ -251,17 +251,19 @@ def test_a_chunk_replaced_with_a_matching_manifest_digest_is_refused_by_the_mac(
     keys = server_keys(memcached)
     manifest_key = "k:7:nbcache:big"
     manifest = raw.get(manifest_key)
-    write_id, total, count, _ = struct.unpack_from("<16sQI16s", manifest, 1)
-    sizes = struct.unpack_from(f"<{count}I", manifest, 1 + 44)
+    write_id, total, count, _ = struct.unpack_from("<16sQI16s", manifest, 0)
+    sizes = struct.unpack_from(f"<{count}I", manifest, 44)
     chunk_names = [f"{manifest_key}#chunk:{write_id.hex()}:{i}" for i in range(count)]
     assert set(chunk_names) <= set(keys)
     chunks = [raw.get(name) for name in chunk_names]
     last = bytearray(chunks[-1])
-    last[-8:] = b"ATTACKER"  # inside the array's bytes: loading would give a wrong value
+    # Inside the array's bytes (the last 8 are the generation token): loading would give a
+    # wrong value.
+    last[-16:-8] = b"ATTACKER"
     chunks[-1] = bytes(last)
     assert raw.set(chunk_names[-1], chunks[-1], noreply=False)
     digest = xxhash.xxh3_128(b"".join(chunks)).digest()
-    forged = b"\x12" + struct.pack("<16sQI16s", write_id, total, count, digest) + manifest[45:]
+    forged = struct.pack("<16sQI16s", write_id, total, count, digest) + manifest[44:]
     assert sizes and raw.set(manifest_key, forged, noreply=False)
     caplog.set_level(logging.WARNING, logger="nbcache")
     assert_recomputed(cache, truth)
@@ -324,7 +326,8 @@ def plant_forged_entries(
             continue
         cache_key = key.removeprefix("k:7:nbcache:")
         forged = b"".join(bytes(f) for f in attacker.seal(cache_key, MakesMarker(marker), None))
-        assert raw.set(key, generation + forged, noreply=False)
+        # A record is the value, the generation token, then the inline-record tag.
+        assert raw.set(key, forged + generation, noreply=False)
         planted += 1
     return planted
 

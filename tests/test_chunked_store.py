@@ -244,8 +244,8 @@ def test_chunk_of_the_wrong_length_is_a_miss(store: ChunkedStore, inner: DictSto
         (b"", "empty record"),
         (b"\x00old format", "not an nbcache record"),
         (b"\x80\x05\x95planted pickle", "not an nbcache record"),
-        (b"\x12too short", "malformed manifest"),
-        (b"\x12" + bytes(36) + b"\x05\x00\x00\x00", "malformed manifest"),
+        (b"too short\x14", "malformed manifest"),
+        (bytes(36) + b"\x05\x00\x00\x00\x14", "malformed manifest"),
     ],
 )
 def test_unknown_or_malformed_record_is_a_miss_with_a_warning(

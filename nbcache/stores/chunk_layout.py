@@ -1,12 +1,16 @@
 """The bytes :class:`~nbcache.stores.chunked.ChunkedStore` keeps: records, manifests, chunk keys.
 
-Every value is stored under its key as one *record* whose first byte tells its kind and
+Every value is stored under its key as one *record* whose last byte tells its kind and
 format version:
 
-- an **inline** record (:data:`INLINE_V1` then the value) holds a value that fits in one item;
-- a **manifest** record (:data:`MANIFEST_V1`, then write id, total length, chunk count, the
-  xxh3_128 digest of the whole value, then the size of every chunk as a 32-bit integer, all
-  little-endian) names the chunks of a bigger value, stored under :func:`chunk_key`.
+- an **inline** record (the value, then :data:`INLINE_V2`) holds a value that fits in one item;
+- a **manifest** record (write id, total length, chunk count, the xxh3_128 digest of the whole
+  value, then the size of every chunk as a 32-bit integer, all little-endian, then
+  :data:`MANIFEST_V2`) names the chunks of a bigger value, stored under :func:`chunk_key`.
+
+The tag comes last so that an inline value starts where the inner store put the record: a
+store that delivers records aligned delivers aligned values. (Records of format 1 had the tag
+first; they read as unknown records, a miss.)
 
 Also how a value is cut into chunk-sized pieces without copying it. Pure functions only: no
 I/O, no logging. What cannot be read is returned as :class:`Unreadable` with the reason, for
@@ -21,8 +25,8 @@ from typing import NamedTuple
 
 from nbcache.api import Buffer
 
-INLINE_V1 = b"\x11"
-MANIFEST_V1 = b"\x12"
+INLINE_V2 = b"\x13"
+MANIFEST_V2 = b"\x14"
 # write id, total length, chunk count, xxh3_128 digest of the whole value; then the sizes.
 MANIFEST_HEADER = struct.Struct("<16sQI16s")
 WRITE_ID_BYTES = 16
@@ -98,18 +102,20 @@ def chunk_pieces(views: Sequence[memoryview], chunk_size: int) -> Iterator[list[
 def encode_manifest(write_id: bytes, sizes: Sequence[int], value_digest: bytes) -> bytes:
     """The manifest record of a write whose chunks have ``sizes``."""
     header = MANIFEST_HEADER.pack(write_id, sum(sizes), len(sizes), value_digest)
-    return b"".join([MANIFEST_V1, header, struct.pack(f"<{len(sizes)}I", *sizes)])
+    return b"".join([header, struct.pack(f"<{len(sizes)}I", *sizes), MANIFEST_V2])
 
 
 def decode_record(record: memoryview) -> memoryview | Manifest | Unreadable:
     """An inline value (a view into ``record``), a manifest to follow, or why neither."""
+    if record.format != "B" or record.ndim != 1:
+        record = record.cast("B")
     if record.nbytes == 0:
         return Unreadable("empty record")
-    tag = record[:1].tobytes()
-    if tag == INLINE_V1:
-        return record[1:]
-    if tag == MANIFEST_V1:
-        return _parse_manifest(record[1:])
+    tag = record[-1:].tobytes()
+    if tag == INLINE_V2:
+        return record[:-1]
+    if tag == MANIFEST_V2:
+        return _parse_manifest(record[:-1])
     return Unreadable(f"not an nbcache record (unknown tag {tag!r})")
 
 

@@ -17,7 +17,9 @@ the key and the reason.
 
 When the inner store offers :class:`ChunkTransport` (memcached does), chunks are written from
 the caller's buffers in one pipelined call and read straight into the one buffer that becomes
-the value, so a big value is never copied on its way through this layer.
+the value, so a big value is never copied on its way through this layer. That buffer comes
+from :func:`nbcache.buffers.allocate`: a big value starts 64-byte aligned, and so do the arrays
+the envelope rebuilds on it.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from nbcache import buffers as aligned
 from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, total_size
 from nbcache.exceptions import StoreFault
 from nbcache.stores.chunk_layout import (
-    INLINE_V1,
+    INLINE_V2,
     MANIFEST_HEADER,
     WRITE_ID_BYTES,
     Manifest,
@@ -121,7 +124,7 @@ class ChunkedStore:
     @property
     def inline_limit(self) -> int:
         """The largest value stored inline, in one item; anything bigger is chunked."""
-        return self.chunk_size - len(INLINE_V1)
+        return self.chunk_size - len(INLINE_V2)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -167,13 +170,13 @@ class ChunkedStore:
             return NO_VALUE
         return decoded
 
-    def _read_values(self, wanted: Sequence[tuple[str, Manifest]]) -> list[bytearray | NoValue]:
+    def _read_values(self, wanted: Sequence[tuple[str, Manifest]]) -> list[memoryview | NoValue]:
         """The big values the manifests name, all chunks in one call; a miss for each broken one."""
         if self._transport is not None:
             return self._receive(self._transport, wanted)
         keys = [chunk for key, manifest in wanted for chunk in manifest_chunk_keys(key, manifest)]
         chunks = self.inner.get_many(keys)
-        values: list[bytearray | NoValue] = []
+        values: list[memoryview | NoValue] = []
         start = 0
         for key, manifest in wanted:
             end = start + len(manifest.sizes)
@@ -183,20 +186,20 @@ class ChunkedStore:
 
     def _receive(
         self, transport: ChunkTransport, wanted: Sequence[tuple[str, Manifest]]
-    ) -> list[bytearray | NoValue]:
+    ) -> list[memoryview | NoValue]:
         """Like :meth:`_read_values`, each value received into its final buffer (no copy)."""
-        buffers = [bytearray(manifest.total) for _, manifest in wanted]
+        buffers = [aligned.allocate(manifest.total) for _, manifest in wanted]
         chunk_keys: list[str] = []
         targets: list[memoryview] = []
-        for (key, manifest), buffer in zip(wanted, buffers, strict=True):
-            view, offset = memoryview(buffer), 0
+        for (key, manifest), view in zip(wanted, buffers, strict=True):
+            offset = 0
             for index, size in enumerate(manifest.sizes):
                 chunk_keys.append(chunk_key(key, manifest.write_id, index))
                 targets.append(view[offset : offset + size])
                 offset += size
         found = transport.get_chunks_into(chunk_keys, targets)
         del targets  # the buffers are the caller's now, without views of ours on them
-        values: list[bytearray | NoValue] = []
+        values: list[memoryview | NoValue] = []
         start = 0
         for (key, manifest), buffer in zip(wanted, buffers, strict=True):
             arrived = found[start : start + len(manifest.sizes)]
@@ -217,10 +220,10 @@ class ChunkedStore:
 
     def _assemble(
         self, key: str, manifest: Manifest, chunks: Sequence[ReadValue | NoValue]
-    ) -> bytearray | NoValue:
+    ) -> memoryview | NoValue:
         """The whole value from its chunks, or a miss if any is missing, wrong or corrupt."""
-        value = bytearray(manifest.total)
-        target = memoryview(value)  # one memcpy per chunk, no temporary copy
+        value = aligned.allocate(manifest.total)
+        target = value  # assigning through a view: one memcpy per chunk, no temporary copy
         offset = 0
         for index, (size, chunk) in enumerate(zip(manifest.sizes, chunks, strict=True)):
             if isinstance(chunk, NoValue):
@@ -232,7 +235,6 @@ class ChunkedStore:
                 return NO_VALUE
             target[offset : offset + size] = view
             offset += size
-        target.release()
         if digest([value]) != manifest.digest:
             _warn_digest_mismatch(key)
             return NO_VALUE
@@ -247,8 +249,8 @@ class ChunkedStore:
 
     def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         chunk_size = self.chunk_size
-        if total_size(value) <= chunk_size - len(INLINE_V1):
-            return self.inner.set(key, [INLINE_V1, *value], ttl)
+        if total_size(value) <= chunk_size - len(INLINE_V2):
+            return self.inner.set(key, [*value, INLINE_V2], ttl)
         previous = self._decode_record(key, self.inner.get(key))
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
@@ -264,8 +266,8 @@ class ChunkedStore:
     def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         """Store only if ``key`` holds no readable value (a manifest with lost chunks is none)."""
         chunk_size = self.chunk_size
-        if total_size(value) <= chunk_size - len(INLINE_V1):
-            record: list[Buffer] = [INLINE_V1, *value]
+        if total_size(value) <= chunk_size - len(INLINE_V2):
+            record: list[Buffer] = [*value, INLINE_V2]
             return self.inner.add(key, record, ttl) or self._replace_unreadable(key, record, ttl)
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
@@ -281,8 +283,8 @@ class ChunkedStore:
     def cas(self, key: str, value: Sequence[Buffer], ttl: float | None, token: CasToken) -> bool:
         """Store only if ``key`` is unchanged since :meth:`gets`; a big value's chunks go first."""
         chunk_size = self.chunk_size
-        if total_size(value) <= chunk_size - len(INLINE_V1):
-            return self.inner.cas(key, [INLINE_V1, *value], ttl, token)
+        if total_size(value) <= chunk_size - len(INLINE_V2):
+            return self.inner.cas(key, [*value, INLINE_V2], ttl, token)
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
             return False

@@ -1,18 +1,22 @@
 """Compression as a wrapping store: values that shrink are stored compressed, others as they are.
 
-Every value is stored as one record whose first byte tells its kind:
+Every value is stored as one record whose last byte tells its kind:
 
-- ``_RAW_V1`` then the value, for values too small to bother with or that do not compress
-  (random floats, already compressed images): reading them costs nothing more;
-- ``_ZLIB_V1``, the value's length (8 bytes, little-endian), then its zlib stream.
+- the value then ``_RAW_V2``, for values too small to bother with or that do not compress
+  (random floats, already compressed images): reading them costs nothing more, and the value
+  starts where the inner store put the record (aligned, for a big one);
+- the zlib stream, the value's length (8 bytes, little-endian), then ``_ZLIB_V2``.
+
+(Records of format 1 had the tag first; they read as unreadable, a miss.)
 
 Whether a value compresses is first guessed from samples taken across it, so incompressible
 data costs a few hundred microseconds, not a full compression pass; a value whose whole
 compression saves less than :data:`MIN_SAVING` is stored raw anyway. On loopback or a fast
 network compression costs more time than it saves: it is for slow links or small servers.
 
-Reads decompress into one new buffer of the recorded length, which the caller owns and may
-write to (rebuilt arrays live in it). A record that does not decompress to exactly its
+Reads decompress into one new buffer of the recorded length
+(:func:`nbcache.buffers.allocate`: aligned), which the caller owns and may write to (rebuilt
+arrays live in it). A record that does not decompress to exactly its
 recorded length is a miss, logged at DEBUG. Records are decompressed before the envelope's
 MAC is checked, so the recorded length is bounded by what zlib can expand the stream to:
 a forged record cannot make a reader allocate more than about a thousand times its size.
@@ -25,14 +29,15 @@ import struct
 import zlib
 from collections.abc import Sequence
 
+from nbcache import buffers as aligned
 from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, total_size
 
 logger = logging.getLogger(__name__)
 
 ReadValue = bytes | bytearray | memoryview
 
-_RAW_V1 = b"\x21"
-_ZLIB_V1 = b"\x22"
+_RAW_V2 = b"\x23"
+_ZLIB_V2 = b"\x24"
 _LENGTH = struct.Struct("<Q")
 
 #: Values smaller than this are stored raw: compressing them saves too little to matter.
@@ -81,12 +86,15 @@ class CompressedStore:
         if isinstance(record, NoValue):
             return NO_VALUE
         view = memoryview(record)
-        tag = view[:1].tobytes()
-        if tag == _RAW_V1:
-            return view[1:]
-        if tag == _ZLIB_V1 and view.nbytes >= 1 + _LENGTH.size:
-            (size,) = _LENGTH.unpack_from(view, 1)
-            stream = view[1 + _LENGTH.size :]
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        tag = view[-1:].tobytes()
+        if tag == _RAW_V2:
+            return view[:-1]
+        stream_end = view.nbytes - 1 - _LENGTH.size
+        if tag == _ZLIB_V2 and stream_end >= 0:
+            (size,) = _LENGTH.unpack_from(view, stream_end)
+            stream = view[:stream_end]
             if size <= _MAX_EXPANSION * stream.nbytes + 1024:
                 value = _decompress(stream, size)
                 if value is not None:
@@ -109,22 +117,22 @@ class CompressedStore:
         """The record for ``value``: compressed if that saves enough, else raw (not copied)."""
         size = total_size(value)
         if size < self.min_size or not self._worth_trying(value, size):
-            return [_RAW_V1, *value]
+            return [*value, _RAW_V2]
         compressor = zlib.compressobj(self.level)
-        pieces: list[Buffer] = [_ZLIB_V1, _LENGTH.pack(size)]
+        pieces: list[Buffer] = []
         compressed = 0
         limit = size * (1 - MIN_SAVING)
         for part in value:
             piece = compressor.compress(part)
             compressed += len(piece)
             if compressed > limit:
-                return [_RAW_V1, *value]
+                return [*value, _RAW_V2]
             if piece:
                 pieces.append(piece)
         pieces.append(compressor.flush())
         if compressed + len(pieces[-1]) > limit:
-            return [_RAW_V1, *value]
-        return pieces
+            return [*value, _RAW_V2]
+        return [*pieces, _LENGTH.pack(size), _ZLIB_V2]
 
     def _worth_trying(self, value: Sequence[Buffer], size: int) -> bool:
         """True if samples from across the value shrink by :data:`MIN_SAVING`."""
@@ -171,10 +179,9 @@ def _slice(views: Sequence[memoryview], start: int, length: int) -> bytes:
     return b"".join(out)
 
 
-def _decompress(stream: memoryview, size: int) -> bytearray | None:
+def _decompress(stream: memoryview, size: int) -> memoryview | None:
     """The ``size`` bytes ``stream`` decompresses to, or None if it does not do exactly that."""
-    value = bytearray(size)
-    target = memoryview(value)  # assigning through a view copies once, not twice
+    target = aligned.allocate(size)  # assigning through a view copies once, not twice
     decompressor = zlib.decompressobj()
     filled = 0
     pending: Buffer = stream
@@ -190,7 +197,6 @@ def _decompress(stream: memoryview, size: int) -> bytearray | None:
                 break  # truncated: no more input, stream not finished
     except zlib.error:
         return None
-    target.release()
     if filled != size or not decompressor.eof or decompressor.unused_data:
         return None
-    return value
+    return target

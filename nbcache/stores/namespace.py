@@ -2,8 +2,10 @@
 
 A memcached server is shared by every kernel, user and cache that reaches it, so clearing a
 cache must never ``flush_all``. Instead each namespace keeps a *generation*: a random 8-byte
-token under its own key. Every value is stored prefixed with the generation it was written
-under, and a value whose prefix is not the current generation is a miss. ``clear()`` writes a
+token under its own key. Every value is stored followed by the generation it was written
+under, and a value whose suffix is not the current generation is a miss. (A suffix, not a
+prefix: the value then starts where the inner store put the record, which the inner store
+aligns for big values, so arrays rebuilt on it are aligned too.) ``clear()`` writes a
 new random generation: every older entry becomes a miss at once, for every process, and is
 left to expire or be evicted.
 
@@ -58,7 +60,7 @@ class NamespacedStore:
 
     @property
     def max_item_size(self) -> int | None:
-        """The inner store's item limit less the generation prefix; None if it has none."""
+        """The inner store's item limit less the generation suffix; None if it has none."""
         inner_limit = getattr(self.inner, "max_item_size", None)
         return None if inner_limit is None else int(inner_limit) - GENERATION_BYTES
 
@@ -117,9 +119,12 @@ class NamespacedStore:
         if isinstance(record, NoValue):
             return NO_VALUE
         view = memoryview(record)
-        if view.nbytes < GENERATION_BYTES or view[:GENERATION_BYTES] != generation:
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        end = view.nbytes - GENERATION_BYTES
+        if end < 0 or view[end:] != generation:
             return NO_VALUE
-        return view[GENERATION_BYTES:]
+        return view[:end]
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -151,7 +156,7 @@ class NamespacedStore:
         generation = self.current_generation()
         if generation is None:
             return False
-        return self.inner.set(self._prefix + key, [generation, *value], ttl)
+        return self.inner.set(self._prefix + key, [*value, generation], ttl)
 
     def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         """Store only if ``key`` holds no current-generation value."""
@@ -159,7 +164,7 @@ class NamespacedStore:
         if generation is None:
             return False
         inner_key = self._prefix + key
-        record: list[Buffer] = [generation, *value]
+        record: list[Buffer] = [*value, generation]
         if self.inner.add(inner_key, record, ttl):
             return True
         existing, token = self.inner.gets(inner_key)
@@ -186,7 +191,7 @@ class NamespacedStore:
         ):
             raise TypeError(f"cas needs a token from NamespacedStore.gets, got {token!r}")
         generation, inner_token = saved
-        return self.inner.cas(self._prefix + key, [generation, *value], ttl, inner_token)
+        return self.inner.cas(self._prefix + key, [*value, generation], ttl, inner_token)
 
     def delete(self, key: str) -> bool:
         """Delete ``key``; True only if it held a current-generation value."""
