@@ -2,23 +2,149 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import mmap
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from .. import buffers as aligned
 from ..api import NO_VALUE, Buffer, CasToken, NoValue, Stored, total_size
 
 log = logging.getLogger(__name__)
 
+#: Values from this size on are kept in a memory file and read as copy-on-write mappings.
+MAPPED_SIZE = aligned.MAPPED
+_CAN_MAP_FILES = hasattr(os, "memfd_create") and hasattr(mmap, "MAP_PRIVATE")
+
+
+class MemoryFile:
+    """A value written once into an anonymous, sealed memory file (Linux ``memfd``).
+
+    :meth:`view` maps it private and writable: the pages are the file's until the caller
+    writes to one, which then gets a private copy of that page. So a reader gets its own
+    writable value for the cost of a mapping, not of a copy, and can never change the file.
+    A mapping stays valid after :meth:`close`.
+    """
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, value: Sequence[Buffer], size: int) -> None:
+        """Write ``value`` (``size`` bytes) into a new memory file; ``OSError`` if impossible."""
+        flags = os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 0)
+        self.fd = os.memfd_create("nbcache-value", flags)
+        self.size = size
+        try:
+            for part in value:
+                view = (
+                    memoryview(part).cast("B")
+                    if memoryview(part).format != "B"
+                    else memoryview(part)
+                )
+                while view.nbytes:
+                    view = view[os.write(self.fd, view) :]
+            _seal(self.fd)
+        except BaseException:
+            self.close()
+            raise
+
+    def view(self) -> memoryview:
+        """A new private, writable mapping of the whole value (a copy if mapping fails)."""
+        try:
+            return _map_private(self.fd, self.size)
+        except OSError as exc:  # out of address space or map count: a copy still works
+            log.debug("copying a %d-byte value out of its memory file: %s", self.size, exc)
+            target = aligned.allocate(self.size)
+            done = 0
+            while done < self.size:
+                done += os.preadv(self.fd, [target[done:]], done)
+            return target
+
+    def close(self) -> None:
+        """Release the file (idempotent); the memory goes once no mapping is left."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _map_private(fd: int, size: int) -> memoryview:
+    """A private, writable mapping of the file ``fd``, unmapped when the view's last user goes.
+
+    Not :class:`mmap.mmap`: before Python 3.13 it keeps a duplicate of the descriptor open
+    for as long as the mapping lives, so every array handed out would hold one, and a user
+    keeping a few hundred results would run out.
+    """
+    import ctypes
+    import weakref
+
+    libc = _libc()
+    prot = mmap.PROT_READ | mmap.PROT_WRITE
+    address = libc.mmap(None, size, prot, mmap.MAP_PRIVATE, fd, 0)
+    if address is None or address == ctypes.c_void_p(-1).value:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    memory = (ctypes.c_char * size).from_address(address)
+    weakref.finalize(memory, libc.munmap, address, size)
+    return memoryview(memory).cast("B")
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    )
+    libc.munmap.restype = ctypes.c_int
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    return libc
+
+
+def _seal(fd: int) -> None:
+    """Forbid any change to the file: it is written once, and readers map it."""
+    import fcntl
+
+    seals = ("F_SEAL_WRITE", "F_SEAL_GROW", "F_SEAL_SHRINK", "F_SEAL_SEAL")
+    if hasattr(fcntl, "F_ADD_SEALS") and all(hasattr(fcntl, seal) for seal in seals):
+        flags = 0
+        for seal in seals:
+            flags |= getattr(fcntl, seal)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, flags)
+
 
 @dataclass
 class _Item:
-    data: bytearray
+    data: bytearray | MemoryFile
+    size: int
     expires: float | None  # time.monotonic() deadline
     version: int
+
+    def copy_out(self) -> Stored:
+        """The caller's own writable copy of the value (aligned if big)."""
+        if isinstance(self.data, MemoryFile):
+            return self.data.view()
+        if self.size >= aligned.BIG:
+            return aligned.copy_aligned(memoryview(self.data))
+        return bytearray(self.data)
+
+    def release(self) -> None:
+        if isinstance(self.data, MemoryFile):
+            self.data.close()
 
 
 class MemoryStore:
@@ -26,8 +152,12 @@ class MemoryStore:
 
     Past ``threshold`` items or ``max_bytes`` bytes, expired items go first, then the least
     recently used. A value larger than ``max_bytes`` on its own is not stored (``set`` returns
-    False). Values are copied in on ``set`` and out on ``get``: the caller may change its
-    buffers afterwards, and what ``get`` returns is the caller's own writable memory.
+    False). Values are copied in on ``set``: the caller may change its buffers afterwards.
+    What ``get`` returns is the caller's own writable memory, 64-byte aligned for a big value:
+    a copy for a small value; for one of :data:`MAPPED_SIZE` or more (on Linux) a
+    copy-on-write mapping of the :class:`MemoryFile` it is kept in, so a hit costs a mapping,
+    not a copy, and the caller's writes never reach the store. Such a value holds one file
+    descriptor while stored.
     """
 
     def __init__(self, threshold: int = 500, max_bytes: int | None = None) -> None:
@@ -56,8 +186,9 @@ class MemoryStore:
             if item is None:
                 return NO_VALUE
             self._items.move_to_end(key)
-            data = item.data
-        return bytearray(data)  # copied outside the lock: items are never mutated in place
+            if isinstance(item.data, MemoryFile):
+                return item.data.view()  # under the lock: an eviction closes the file
+        return item.copy_out()  # copied outside the lock: items are never mutated in place
 
     def get_many(self, keys: Sequence[str]) -> list[Stored | NoValue]:
         return [self.get(key) for key in keys]
@@ -79,7 +210,7 @@ class MemoryStore:
             item = self._live(key)
             if item is None:
                 return NO_VALUE, None
-            return bytearray(item.data), CasToken(item.version)
+            return item.copy_out(), CasToken(item.version)
 
     def cas(self, key: str, value: Sequence[Buffer], ttl: float | None, token: CasToken) -> bool:
         data = _copy(value)
@@ -97,8 +228,11 @@ class MemoryStore:
 
     def clear(self) -> bool:
         with self._lock:
+            items = list(self._items.values())
             self._items.clear()
             self._bytes = 0
+        for item in items:
+            item.release()
         return True
 
     def close(self) -> None:
@@ -118,18 +252,22 @@ class MemoryStore:
     def _drop(self, key: str) -> None:
         item = self._items.pop(key, None)
         if item is not None:
-            self._bytes -= len(item.data)
+            self._bytes -= item.size
+            item.release()  # mappings handed out stay valid
 
-    def _put(self, key: str, data: bytearray, ttl: float | None) -> bool:
-        if self.max_bytes is not None and len(data) > self.max_bytes:
-            log.debug("not storing %r: %d bytes > max_bytes=%d", key, len(data), self.max_bytes)
+    def _put(self, key: str, data: bytearray | MemoryFile, ttl: float | None) -> bool:
+        size = len(data) if isinstance(data, bytearray) else data.size
+        if self.max_bytes is not None and size > self.max_bytes:
+            log.debug("not storing %r: %d bytes > max_bytes=%d", key, size, self.max_bytes)
             self._drop(key)  # the old value must not outlive a newer write that didn't fit
+            if isinstance(data, MemoryFile):
+                data.close()
             return False
         self._drop(key)
         self._versions += 1
         expires = None if ttl is None else time.monotonic() + ttl
-        self._items[key] = _Item(data, expires, self._versions)
-        self._bytes += len(data)
+        self._items[key] = _Item(data, size, expires, self._versions)
+        self._bytes += size
         self._prune()
         return True
 
@@ -149,9 +287,15 @@ class MemoryStore:
             self._drop(oldest)
 
 
-def _copy(value: Sequence[Buffer]) -> bytearray:
-    """One new bytearray holding the concatenated buffers (the store's own copy)."""
-    data = bytearray(total_size(value))
+def _copy(value: Sequence[Buffer]) -> bytearray | MemoryFile:
+    """The store's own copy of the concatenated buffers: a memory file if big and possible."""
+    size = total_size(value)
+    if size >= MAPPED_SIZE and _CAN_MAP_FILES:
+        try:
+            return MemoryFile(value, size)
+        except OSError as exc:  # out of file descriptors or memory: a plain copy still works
+            log.debug("keeping a %d-byte value in a bytearray: %s", size, exc)
+    data = bytearray(size)
     # Assigning through a memoryview is one memcpy; ``data[a:b] = view`` would first copy
     # ``view`` into a temporary bytearray.
     target = memoryview(data)
