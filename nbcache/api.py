@@ -109,3 +109,15 @@ def join(value: Sequence[Buffer]) -> bytes:
 def total_size(value: Sequence[Buffer]) -> int:
     """Bytes in a sequence of buffers."""
     return sum(memoryview(part).nbytes for part in value)
+
+
+def byte_views(value: Sequence[Buffer]) -> list[memoryview]:
+    """Flat unsigned-byte views of the caller's buffers (no copy), empty ones left out."""
+    views = []
+    for part in value:
+        view = memoryview(part)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if view.nbytes:
+            views.append(view)
+    return views

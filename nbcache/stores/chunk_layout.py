@@ -68,18 +68,6 @@ def manifest_chunk_keys(key: str, manifest: Manifest) -> list[str]:
     return [chunk_key(key, manifest.write_id, i) for i in range(len(manifest.sizes))]
 
 
-def byte_views(value: Sequence[Buffer]) -> list[memoryview]:
-    """Flat unsigned-byte views of the caller's buffers (no copy)."""
-    views = []
-    for part in value:
-        view = memoryview(part)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        if view.nbytes:
-            views.append(view)
-    return views
-
-
 def chunk_pieces(views: Sequence[memoryview], chunk_size: int) -> Iterator[list[memoryview]]:
     """The value cut into chunks of ``chunk_size`` bytes, each as slices of the given views."""
     pieces: list[memoryview] = []

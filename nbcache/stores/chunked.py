@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from nbcache import buffers as aligned
-from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, total_size
+from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, byte_views, total_size
 from nbcache.exceptions import StoreFault
 from nbcache.stores.chunk_layout import (
     INLINE_V2,
@@ -39,7 +39,6 @@ from nbcache.stores.chunk_layout import (
     WRITE_ID_BYTES,
     Manifest,
     Unreadable,
-    byte_views,
     chunk_key,
     chunk_pieces,
     decode_record,

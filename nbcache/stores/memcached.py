@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from nbcache.api import NO_VALUE, Buffer, CasToken, NoValue, join
+from nbcache.api import NO_VALUE, Buffer, CasToken, NoValue, byte_views, join
 from nbcache.exceptions import ConfigurationError, StoreFault
 from nbcache.stores import memcached_bulk
 from nbcache.stores.breaker import CircuitBreaker
@@ -292,7 +292,7 @@ class MemcachedStore:
         by_server: dict[ServerConnection, list[tuple[bytes, list[memoryview]]]] = {}
         for key, value in items:
             mapped = self._map(key)
-            item = (mapped.encode("ascii"), _flat_views(value))
+            item = (mapped.encode("ascii"), byte_views(value))
             by_server.setdefault(self._server(mapped), []).append(item)
         stored = True
         for server, server_items in by_server.items():
@@ -393,15 +393,3 @@ class MemcachedStore:
     def max_value_size(self) -> int:
         """The largest value every server stores: ``max_item_size`` less the item overhead."""
         return self.max_item_size - ITEM_OVERHEAD
-
-
-def _flat_views(value: Sequence[Buffer]) -> list[memoryview]:
-    """Unsigned-byte views of the caller's buffers (no copy), empty ones left out."""
-    views = []
-    for part in value:
-        view = memoryview(part)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        if view.nbytes:
-            views.append(view)
-    return views
