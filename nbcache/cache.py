@@ -87,6 +87,19 @@ class Cache:
         """``{key: value}`` for ``keys``, None for each miss."""
         return dict(zip(keys, self.get_many(*keys), strict=True))
 
+    def get_token_and_entries(
+        self, token_key: str, *keys: str
+    ) -> tuple[str | None, list[Entry | NoValue]]:
+        """The token under ``token_key`` (see :meth:`set_token`) and the entries; one round trip.
+
+        The token is None if missing, or if what is there is not a token (planted, corrupt).
+        """
+        raws = self._store_call(
+            self.store.get_many, [NO_VALUE] * (len(keys) + 1), [token_key, *keys]
+        )
+        entries = [self._open(key, raw) for key, raw in zip(keys, raws[1:], strict=True)]
+        return _token(raws[0]), entries
+
     # -- writes ---------------------------------------------------------------------------
 
     def set(
@@ -131,6 +144,20 @@ class Cache:
             if self._store_call(self.store.cas, False, key, frames, ttl, token):
                 return True
         return False
+
+    def set_token(self, key: str, token: str) -> bool:
+        """Store a token (1 to 64 lowercase hex digits) under ``key``, never expiring.
+
+        Tokens are small random markers (a function's generation) kept as raw bytes, outside
+        the envelope: cheap to read next to an entry. They are not signed, so a token may only
+        ever *select* entries whose own signed header names it: a forged one turns hits into
+        misses, never a wrong value into a hit.
+        """
+        return bool(self._store_call(self.store.set, False, key, [_token_bytes(token)], None))
+
+    def add_token(self, key: str, token: str) -> bool:
+        """Store a token under ``key`` only if nothing is there; True if it was stored."""
+        return bool(self._store_call(self.store.add, False, key, [_token_bytes(token)], None))
 
     def set_many(self, mapping: Mapping[str, Any], timeout: float | None = None) -> list[str]:
         """Store every item; the keys that were stored."""
@@ -230,6 +257,27 @@ class Cache:
                 fault,
             )
             return cast(_T, on_fault)
+
+
+_TOKEN_DIGITS = frozenset(b"0123456789abcdef")
+
+
+def _token_bytes(token: str) -> bytes:
+    raw = token.encode("ascii")
+    if not 0 < len(raw) <= 64 or not _TOKEN_DIGITS.issuperset(raw):
+        raise ValueError(f"a token is 1 to 64 lowercase hex digits, not {token!r}")
+    return raw
+
+
+def _token(raw: Any) -> str | None:
+    """The token a store read found, or None for a miss or anything that is not a token."""
+    if isinstance(raw, NoValue):
+        return None
+    view = memoryview(raw)
+    if not 0 < view.nbytes <= 64:
+        return None
+    data = view.tobytes()
+    return data.decode("ascii") if _TOKEN_DIGITS.issuperset(data) else None
 
 
 def _expires(ttl: float | None) -> float | None:

@@ -18,6 +18,7 @@ from typing import Any
 import xxhash
 
 from nbcache.exceptions import UnhashableValue
+from nbcache.tokenize import _resolved as _resolved_handlers
 from nbcache.tokenize import value_digest
 
 KEY_FORMAT = "nbcache.fn/1"
@@ -79,16 +80,20 @@ class CallKeyBuilder:
         self._has_defaults = any(
             p.default is not p.empty for p in self.signature.parameters.values()
         )
+        self._simple = _SimpleSignature.of(self.signature)
 
     def bound_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments by parameter name, defaults applied, ignored names left out.
 
         Raises ``TypeError`` if the arguments do not fit the signature (as the call would).
         """
-        bound = self.signature.bind(*args, **kwargs)
-        if self._has_defaults:
-            bound.apply_defaults()
-        arguments = bound.arguments
+        simple = self._simple
+        arguments = None if simple is None else simple.bind(args, kwargs)
+        if arguments is None:
+            bound = self.signature.bind(*args, **kwargs)
+            if self._has_defaults:
+                bound.apply_defaults()
+            arguments = bound.arguments
         if self.ignore:
             return {name: value for name, value in arguments.items() if name not in self.ignore}
         return arguments
@@ -103,7 +108,7 @@ class CallKeyBuilder:
         digests = {}
         for name, value in self.bound_arguments(args, kwargs).items():
             try:
-                digests[name] = value_digest(value)
+                digests[name] = _scalar_digest(value)
             except UnhashableValue as cause:
                 raise UnhashableArgument(name, cause) from None
         return digests
@@ -133,8 +138,12 @@ class CallKeyBuilder:
 
     @property
     def generation_key(self) -> str:
-        """Where the function's generation token lives (``cache_clear`` replaces it)."""
-        return f"{self.function_id}#generation"
+        """Where the function's generation token lives (``cache_clear`` replaces it).
+
+        A raw token (:meth:`nbcache.cache.Cache.set_token`); the name differs from the one
+        under which earlier versions kept a signed entry, so neither reads the other's.
+        """
+        return f"{self.function_id}#generation-token"
 
     @property
     def records_key(self) -> str:
@@ -145,3 +154,87 @@ class CallKeyBuilder:
     def lease_key(call_key: str) -> str:
         """Where the lease of one call key lives (stampede protection)."""
         return f"{call_key}#lease"
+
+
+#: Digests of recently seen small ``int`` and ``str`` arguments (the usual small call), with
+#: the tokenize handler that made each: a handler registered since makes the digest stale.
+_scalar_digests: dict[tuple[type, object], tuple[object, str]] = {}
+_SCALAR_MEMO_SIZE = 1024
+_SCALAR_MAX_TEXT = 256
+
+
+def _scalar_digest(value: object) -> str:
+    """``value_digest(value)``, remembered for exact ``int`` and short exact ``str`` values.
+
+    Only these types: equal values of one exact type have equal digests, and their ``==``
+    has no surprises (floats do: ``0.0 == -0.0``, and NaN).
+    """
+    if not (type(value) is int or (type(value) is str and len(value) <= _SCALAR_MAX_TEXT)):
+        return value_digest(value)
+    cls = type(value)
+    memo_key = (cls, value)
+    handler = _resolved_handlers.get(cls)
+    known = _scalar_digests.get(memo_key)
+    if known is not None and known[0] is handler:
+        return known[1]
+    digest = value_digest(value)
+    # Remembered only if one handler made it from start to end (none registered meanwhile).
+    if handler is not None and _resolved_handlers.get(cls) is handler:
+        if len(_scalar_digests) >= _SCALAR_MEMO_SIZE:
+            _scalar_digests.clear()
+        _scalar_digests[memo_key] = (handler, digest)
+    return digest
+
+
+_NO_DEFAULT = inspect.Parameter.empty
+_PLAIN_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+class _SimpleSignature:
+    """Binds calls of a signature of plain parameters (no ``*args``, ``**kwargs`` or ``/``).
+
+    ``Signature.bind`` plus ``apply_defaults`` costs microseconds per call; for such
+    signatures binding is a walk over the names. The result equals theirs (same names, same
+    order, defaults applied); :meth:`bind` returns None whenever a call does not plainly fit,
+    so that ``Signature.bind`` raises the error the call would.
+    """
+
+    __slots__ = ("defaults", "names", "positional")
+
+    def __init__(
+        self, names: tuple[str, ...], defaults: tuple[object, ...], positional: int
+    ) -> None:
+        self.names = names
+        self.defaults = defaults
+        self.positional = positional  # keyword-only parameters follow the positional ones
+
+    @classmethod
+    def of(cls, signature: inspect.Signature) -> _SimpleSignature | None:
+        parameters = list(signature.parameters.values())
+        if any(p.kind not in _PLAIN_KINDS for p in parameters):
+            return None
+        positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters)
+        return cls(
+            tuple(p.name for p in parameters), tuple(p.default for p in parameters), positional
+        )
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The arguments by name in parameter order, defaults applied; None: use bind."""
+        if len(args) > self.positional:
+            return None
+        names = self.names
+        arguments = dict(zip(names, args, strict=False))
+        used = 0
+        for index in range(len(args), len(names)):
+            name = names[index]
+            if name in kwargs:
+                arguments[name] = kwargs[name]
+                used += 1
+            else:
+                default = self.defaults[index]
+                if default is _NO_DEFAULT:
+                    return None
+                arguments[name] = default
+        if used != len(kwargs):
+            return None  # a keyword naming a positional argument given, or an unknown one
+        return arguments

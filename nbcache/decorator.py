@@ -274,10 +274,10 @@ class CachedFunction:
         return self.keys.build(snapshot.fingerprint, arguments, global_digests)
 
     def _read(self, cache: Cache, call: CallKey) -> _Hit | NoValue:
-        generation, entry = cache.get_entries(self.keys.generation_key, call.key)
-        if isinstance(entry, NoValue) or isinstance(generation, NoValue):
-            return NO_VALUE
-        if entry.tag != generation.value:
+        # The generation is a raw token read in the same round trip: only the entry is
+        # opened (and MAC-checked), and its signed tag must name the current generation.
+        generation, (entry,) = cache.get_token_and_entries(self.keys.generation_key, call.key)
+        if isinstance(entry, NoValue) or generation is None or entry.tag != generation:
             return NO_VALUE
         return _Hit(entry.value, entry.duration)
 
@@ -334,12 +334,18 @@ class CachedFunction:
 
     def _generation(self, cache: Cache) -> str | None:
         """The function's current generation token, created if it has none."""
+        key = self.keys.generation_key
+        add_failed = False
         for _ in range(3):
-            current = cache.get_entries(self.keys.generation_key)[0]
-            if not isinstance(current, NoValue):
-                return str(current.value)
-            if cache.add(self.keys.generation_key, os.urandom(8).hex(), 0):
-                continue  # read back what won: another kernel may have added at once
+            current = cache.get_token_and_entries(key)[0]
+            if current is not None:
+                return current
+            fresh = os.urandom(8).hex()
+            if add_failed:
+                # Something that is not a token is there (planted, corrupt): replace it.
+                return fresh if cache.set_token(key, fresh) else None
+            # Read back what won: another kernel may have added at once.
+            add_failed = not cache.add_token(key, fresh)
         return None
 
     def _meta(self, call: CallKey, generation: str) -> dict[str, Any]:
@@ -370,7 +376,7 @@ class CachedFunction:
 
     def cache_clear(self) -> bool:
         """Forget every entry of this function, for every kernel sharing the cache, in O(1)."""
-        return self.cache().set(self.keys.generation_key, os.urandom(8).hex(), 0)
+        return self.cache().set_token(self.keys.generation_key, os.urandom(8).hex())
 
     def cache_info(self) -> CacheInfo:
         """Hits, misses and seconds saved by hits, in this process."""
@@ -383,12 +389,12 @@ class CachedFunction:
         return self._explain(self.cache(), call)
 
     def _explain(self, cache: Cache, call: CallKey) -> str:
-        generation, entry, records = cache.get_entries(
+        generation, (entry, records) = cache.get_token_and_entries(
             self.keys.generation_key, call.key, self.keys.records_key
         )
         return explain(
             call,
-            None if isinstance(generation, NoValue) else str(generation.value),
+            generation,
             entry,
             records.value if not isinstance(records, NoValue) else None,
             lambda: self._meta(call, ""),

@@ -167,6 +167,36 @@ def test_cache_clear_from_another_cache_object_is_seen(memcached: Any) -> None:
     assert f_a.explain(1) == "hit"
 
 
+@pytest.mark.parametrize(
+    "planted", [b"", b"not a token", b"\x00" * 16, b"a" * 65, b"ABCDEF0123456789"]
+)
+def test_garbage_under_the_generation_key_costs_misses_then_caching_resumes(
+    cache: nbcache.Cache, planted: bytes
+) -> None:
+    f, calls = counting(cache)
+    assert f(1) == (1, 2, 3)
+    generation_key = f.cache_key(1).rsplit(":", 1)[0] + "#generation-token"
+    assert cache.store.set(generation_key, [planted], None)
+    assert f(1) == (1, 2, 3)  # the entry's generation is not named any more: a miss
+    assert f(1) == (1, 2, 3)  # stored under a fresh generation, which replaced the garbage
+    assert len(calls) == 2
+    f.cache_clear()
+    assert f(1) == (1, 2, 3)
+    assert len(calls) == 3
+
+
+def test_a_forged_generation_token_never_makes_an_older_result_hit(
+    cache: nbcache.Cache,
+) -> None:
+    f, calls = counting(cache)
+    f(1)
+    generation_key = f.cache_key(1).rsplit(":", 1)[0] + "#generation-token"
+    assert cache.set_token(generation_key, "0123456789abcdef")
+    assert f(1) == (1, 2, 3)
+    assert len(calls) == 2  # no entry names the forged token
+    assert f(1) == (1, 2, 3) and len(calls) == 2
+
+
 def test_invalidate_forgets_one_call(cache: nbcache.Cache) -> None:
     f, calls = counting(cache)
     f(1), f(2)
