@@ -20,12 +20,17 @@ leaves those out by design; the decorator digests their values into the key on e
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from nbcache.exceptions import UnhashableValue
-from nbcache.fingerprint import function_fingerprint, function_fingerprint_parts, is_user_module
+from nbcache.fingerprint import (
+    code_names,
+    function_fingerprint,
+    function_fingerprint_parts,
+    is_user_module,
+    wrapper_chain,
+)
 from nbcache.tokenize import value_digest
 
 _MISSING = object()
@@ -166,7 +171,7 @@ class _Walk:
                 self.function(contents)
             elif not _frozen(contents):
                 snapshot.volatile = True
-        names = sorted(set(_all_names(func.__code__)))
+        names = sorted(set(code_names(func.__code__)))
         namespace = func.__globals__
         for name in names:
             value = namespace.get(name, _MISSING)
@@ -222,15 +227,10 @@ class _Walk:
 
     def _unwrapped(self, value: Any) -> Any:
         """What a wrapper that is not a function (a callable object with __wrapped__) wraps."""
-        for _ in range(100):
-            if isinstance(value, (types.FunctionType, type, types.ModuleType)):
-                return value
-            inner = getattr(value, "__wrapped__", None)
-            if inner is None or not callable(inner):
-                return value
-            self.snapshot._attributes.append((value, "__wrapped__", inner))
-            value = inner
-        return value
+        chain = wrapper_chain(value)
+        for wrapper, inner in chain:
+            self.snapshot._attributes.append((wrapper, "__wrapped__", inner))
+        return chain[-1][1] if chain else value
 
 
 class _DictSize:
@@ -279,10 +279,3 @@ def _cell_contents(cell: types.CellType) -> object:
         return cell.cell_contents
     except ValueError:
         return _MISSING
-
-
-def _all_names(code: types.CodeType) -> Iterator[str]:
-    yield from code.co_names
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _all_names(const)

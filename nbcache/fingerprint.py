@@ -247,11 +247,12 @@ def _function_token(func: types.FunctionType) -> tuple[object, ...]:
     )
 
 
-def _all_names(code: types.CodeType) -> Iterator[str]:
+def code_names(code: types.CodeType) -> Iterator[str]:
+    """Every global or attribute name ``code`` and the code nested in it mention."""
     yield from code.co_names
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            yield from _all_names(const)
+            yield from code_names(const)
 
 
 def _global_references(func: types.FunctionType) -> tuple[tuple[str, object], ...]:
@@ -260,7 +261,7 @@ def _global_references(func: types.FunctionType) -> tuple[tuple[str, object], ..
     ``co_names`` also holds attribute names; a global that merely shares a name with an
     attribute is included too, which can only cause an extra miss, never a wrong hit.
     """
-    names = sorted(set(_all_names(func.__code__)))
+    names = sorted(set(code_names(func.__code__)))
     namespace = func.__globals__
     references = []
     for name in names:
@@ -292,16 +293,25 @@ def _reference_token(value: Any, names: list[str]) -> object:
     return None
 
 
-def _unwrapped(value: Any) -> Any:
-    """The function under decorator wrappers that are not functions (caches, nbcache's own)."""
+def wrapper_chain(value: Any) -> list[tuple[Any, Any]]:
+    """``(wrapper, wrapped)`` pairs down to the function under wrappers that are not functions
+    (caches, nbcache's own), outermost first."""
+    chain = []
     for _ in range(100):
         if isinstance(value, (types.FunctionType, type, types.ModuleType)):
-            return value
+            break
         inner = getattr(value, "__wrapped__", None)
         if inner is None or not callable(inner):
-            return value
+            break
+        chain.append((value, inner))
         value = inner
-    return value
+    return chain
+
+
+def _unwrapped(value: Any) -> Any:
+    """The function under decorator wrappers that are not functions."""
+    chain = wrapper_chain(value)
+    return chain[-1][1] if chain else value
 
 
 def _is_code(value: object) -> bool:
@@ -348,10 +358,10 @@ def _attribute_digest(value: object) -> str:
 
 def _user_callees(func: types.FunctionType) -> Iterator[Any]:
     namespace = func.__globals__
-    for name in set(_all_names(func.__code__)):
+    for name in set(code_names(func.__code__)):
         value = _unwrapped(namespace.get(name))
         if isinstance(value, types.ModuleType) and is_user_module(value.__name__):
-            candidates = [_unwrapped(getattr(value, n, None)) for n in _all_names(func.__code__)]
+            candidates = [_unwrapped(getattr(value, n, None)) for n in code_names(func.__code__)]
         else:
             candidates = [value]
         for candidate in candidates:
