@@ -18,7 +18,6 @@ from typing import Any
 import xxhash
 
 from nbcache.exceptions import UnhashableValue
-from nbcache.tokenize import _resolved as _resolved_handlers
 from nbcache.tokenize import value_digest
 
 KEY_FORMAT = "nbcache.fn/1"
@@ -108,7 +107,7 @@ class CallKeyBuilder:
         digests = {}
         for name, value in self.bound_arguments(args, kwargs).items():
             try:
-                digests[name] = _scalar_digest(value)
+                digests[name] = value_digest(value)
             except UnhashableValue as cause:
                 raise UnhashableArgument(name, cause) from None
         return digests
@@ -154,36 +153,6 @@ class CallKeyBuilder:
     def lease_key(call_key: str) -> str:
         """Where the lease of one call key lives (stampede protection)."""
         return f"{call_key}#lease"
-
-
-#: Digests of recently seen small ``int`` and ``str`` arguments (the usual small call), with
-#: the tokenize handler that made each: a handler registered since makes the digest stale.
-_scalar_digests: dict[tuple[type, object], tuple[object, str]] = {}
-_SCALAR_MEMO_SIZE = 1024
-_SCALAR_MAX_TEXT = 256
-
-
-def _scalar_digest(value: object) -> str:
-    """``value_digest(value)``, remembered for exact ``int`` and short exact ``str`` values.
-
-    Only these types: equal values of one exact type have equal digests, and their ``==``
-    has no surprises (floats do: ``0.0 == -0.0``, and NaN).
-    """
-    if not (type(value) is int or (type(value) is str and len(value) <= _SCALAR_MAX_TEXT)):
-        return value_digest(value)
-    cls = type(value)
-    memo_key = (cls, value)
-    handler = _resolved_handlers.get(cls)
-    known = _scalar_digests.get(memo_key)
-    if known is not None and known[0] is handler:
-        return known[1]
-    digest = value_digest(value)
-    # Remembered only if one handler made it from start to end (none registered meanwhile).
-    if handler is not None and _resolved_handlers.get(cls) is handler:
-        if len(_scalar_digests) >= _SCALAR_MEMO_SIZE:
-            _scalar_digests.clear()
-        _scalar_digests[memo_key] = (handler, digest)
-    return digest
 
 
 _NO_DEFAULT = inspect.Parameter.empty

@@ -58,6 +58,10 @@ _NAN_BYTES = _pack_f64(float("nan"))
 # types is tagged with its own class before the base encoding.
 _registry: dict[type, Handler] = {}
 _resolved: dict[type, Handler] = {}
+#: Digests of recently seen small ints and strs; forgotten when a handler is registered.
+_remembered: dict[tuple[type, object], str] = {}
+_REMEMBERED_VALUES = 1024
+_REMEMBERED_TEXT = 256
 _builtin_types: set[type] = set()
 # numpy and pandas handlers live in their own modules, imported the first time a value whose
 # class comes from that library is digested (by then the library is imported anyway).
@@ -168,6 +172,21 @@ def value_digest(obj: object) -> str:
     iterators, threads, connections), for objects whose pickling fails, and for structures
     nested too deeply to walk.
     """
+    cls = type(obj)
+    if cls is int or (cls is str and len(obj) <= _REMEMBERED_TEXT):  # type: ignore[arg-type]
+        # The usual small argument: remembered. Only exact ints and strs, whose equal values
+        # always encode alike (floats do not: 0.0 == -0.0).
+        remembered = _remembered.get((cls, obj))
+        if remembered is None:
+            remembered = _fresh_digest(obj)
+            if len(_remembered) >= _REMEMBERED_VALUES:
+                _remembered.clear()
+            _remembered[(cls, obj)] = remembered
+        return remembered
+    return _fresh_digest(obj)
+
+
+def _fresh_digest(obj: object) -> str:
     writer = TokenWriter()
     try:
         writer.value(obj)
@@ -193,6 +212,7 @@ def register_token(type_: type, fn: Callable[[Any], object]) -> None:
 
     _registry[type_] = token_handler
     _resolved.clear()
+    _remembered.clear()
 
 
 def register_handler(type_: type, handler: Handler, *, builtin: bool = False) -> None:
@@ -205,6 +225,7 @@ def register_handler(type_: type, handler: Handler, *, builtin: bool = False) ->
     if builtin:
         _builtin_types.add(type_)
     _resolved.clear()
+    _remembered.clear()
 
 
 def write_type(writer: TokenWriter, cls: type) -> None:
