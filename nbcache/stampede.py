@@ -112,6 +112,26 @@ class Lease:
             return cls(store, key, token, seconds)
         return seen
 
+    @classmethod
+    def take_over(cls, store: ByteStore, key: str, seconds: float, abandoned: Seen) -> Lease | None:
+        """The lease in place of an abandoned record, if the key still holds just that.
+
+        An abandoned record is one a dead or hung holder left, or one planted without expiry
+        by someone who can write to the server: replacing it spares later callers the wait.
+        Store faults propagate.
+        """
+        token = _TOKEN_PREFIX + os.urandom(_TOKEN_BYTES - len(_TOKEN_PREFIX))
+        first = [lease_record(token, 0)]
+        ttl = seconds + STORE_CLOCK_STEP
+        current, cas_token = store.gets(key)
+        if isinstance(current, NoValue):
+            return cls(store, key, token, seconds) if store.add(key, first, ttl) else None
+        if abandoned is not None and bytes(current) != abandoned:
+            return None  # changed since: someone else's now
+        if cas_token is not None and store.cas(key, first, ttl, cas_token):
+            return cls(store, key, token, seconds)
+        return None
+
     def holds(self, current: Stored | NoValue) -> bool:
         """True if ``current`` (read under the lease key) is this holder's record."""
         if isinstance(current, NoValue):
@@ -208,12 +228,19 @@ class HolderWatch:
 
 
 def _settle(
-    claimed: Lease | _Unprotected | Seen, watch: HolderWatch
+    claimed: Lease | _Unprotected | Seen, watch: HolderWatch, store: ByteStore
 ) -> Lease | _Unprotected | None:
     """What the caller holds now: a lease, leave to compute unprotected, or nothing (wait)."""
     if isinstance(claimed, (Lease, _Unprotected)):
         return claimed
-    return _Unprotected() if watch.gives_up(claimed) else None
+    if not watch.gives_up(claimed):
+        return None
+    try:
+        taken = Lease.take_over(store, watch.key, watch.lease, claimed)
+    except Exception as fault:
+        log.debug("nbcache: could not take over lease %r (%s)", watch.key, fault)
+        taken = None
+    return taken if taken is not None else _Unprotected()
 
 
 class _KeyLocks:
@@ -264,7 +291,7 @@ def compute_once(
             found = read()
             if not isinstance(found, NoValue):
                 return found
-            claimed = _settle(_claim(store, lease_key, lease), watch)
+            claimed = _settle(_claim(store, lease_key, lease), watch, store)
             if claimed is not None:
                 try:
                     return compute()
@@ -288,7 +315,7 @@ async def compute_once_async(
         found = read()
         if not isinstance(found, NoValue):
             return found
-        claimed = _settle(_claim(store, lease_key, lease), watch)
+        claimed = _settle(_claim(store, lease_key, lease), watch, store)
         if claimed is not None:
             try:
                 return await compute()

@@ -184,7 +184,8 @@ def test_a_failing_holder_lets_the_waiters_compute(memcached: Any) -> None:
 def test_a_planted_lease_blocks_a_call_no_longer_than_the_lease(
     planted: bytes, lease: float, bound: float, memcached: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Bounds: malformed < 5 s (it is refused at once); never renewed < lease + 5 s."""
+    """Bounds: malformed < 5 s (it is refused at once); never renewed < lease + 5 s; the next
+    call < 1 s (the abandoned record was replaced)."""
     store = MemcachedCache([memcached.address]).store
     assert store.set("planted#lease", [planted], None)  # no expiry: only the waiter's clock
     computed: list[int] = []
@@ -199,3 +200,9 @@ def test_a_planted_lease_blocks_a_call_no_longer_than_the_lease(
     assert result == 42 and computed == [1]
     warnings = [r.getMessage() for r in caplog.records if r.name == "nbcache.stampede"]
     assert len(warnings) == 1 and "planted#lease" in warnings[0], warnings
+
+    # The first caller took the abandoned record over: the next one does not wait at all.
+    start = time.monotonic()
+    assert compute_once(store, "planted#lease", lease, lambda: NO_VALUE, compute) == 42
+    assert time.monotonic() - start < 1.0 and computed == [1, 1]
+    assert len([r for r in caplog.records if r.name == "nbcache.stampede"]) == 1
