@@ -1,7 +1,7 @@
 """Digest speed of a 256 MiB float64 array, against md5 and xxh3 on the same raw bytes.
 
 Run: ``python bench/digest_speed.py``. Prints the best of several runs on one core: nbcache's
-``value_digest`` (the issue asks for <= 20 ms), xxh3_128 and md5 over the array's bytes, and
+``value_digest`` (the target is <= 20 ms), xxh3_128 and md5 over the array's bytes, and
 the ratios between them, all measured in this run.
 """
 

@@ -1,4 +1,4 @@
-"""The benchmark's markdown report: machine, table of figures, and the issue's targets.
+"""The benchmark's markdown report: machine, table of figures, and nbcache's performance targets.
 
 ``results`` is what ``run.py`` collects: ``{"machine": {...}, "workloads": {name: {"label",
 "result_bytes", "bare", "contestants": {contestant: figures}}}}``; figures are seconds and
@@ -112,7 +112,7 @@ def table(results: dict[str, Any]) -> str:
 
 @dataclass
 class Target:
-    """One target of the issue: a ratio of two figures in this run, and its bound."""
+    """One performance target: a ratio of two figures in this run, and its bound."""
 
     text: str
     workload: str
@@ -150,7 +150,7 @@ class MemoryTarget(Target):
 
 
 def targets() -> list[Target]:
-    """The targets of issue 6, each as the ratio it names."""
+    """nbcache's performance targets, each as the ratio it names."""
     memory, memcached = NBCACHE_MEMORY, NBCACHE_MEMCACHED
     found: list[Target] = [
         RatioTarget(
@@ -249,7 +249,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"pandas {about['pandas']}, memcached {about['memcached']}, {about['platform']}."
     )
     return "\n\n".join(
-        [heading, table(results), "Targets (issue 6), ratios within this run:",
+        [heading, table(results), "Performance targets, ratios within this run:",
          targets_table(results)]
     )  # fmt: skip
 

@@ -8,7 +8,7 @@ Run from a checkout after ``pip install -e ".[test,bench]"``::
 
 Starts a private memcached on 127.0.0.1 (stopped by PID at exit, Ctrl-C included), then
 measures each contestant on each workload in fresh subprocesses, one after another, and
-prints a markdown report: the table of figures and the issue's targets as ratios within
+prints a markdown report: the table of figures and nbcache's performance targets as ratios within
 this run. See bench/README.md for what each column means.
 """
 

@@ -253,7 +253,7 @@ def test_a_hit_holds_only_the_result_and_a_write_copies_nothing(server: Memcache
     assert np.array_equal(got, array)
     got[0] = -1.0  # the caller's own, writable memory
     assert cache.get("array")[0] == array[0]
-    # Bounds from issue 6: a hit's peak <= the result's size + 10 %; a write copies no
+    # Performance targets: a hit's peak <= the result's size + 10 %; a write copies no
     # big buffer (10 % allows for pickle heads, chunk keys and the like).
     assert read.peak <= 1.10 * array.nbytes, read.peak / array.nbytes
     assert write.peak <= 0.10 * array.nbytes, write.peak / array.nbytes
