@@ -13,6 +13,8 @@ What it guarantees, and why each point matters for a cache shared by notebooks:
 * The chunks of big values (:meth:`MemcachedStore.set_chunks`,
   :meth:`MemcachedStore.get_chunks_into`) bypass pymemcache's copies: they are sent from the
   caller's buffers and received into the caller's buffer (:mod:`nbcache.stores.memcached_bulk`).
+* :meth:`MemcachedStore.get_many` reads its reply with a lean parser of its own (one
+  ``sendall``, few ``recv`` calls): a small cache hit costs little more than the round trip.
 * Faults raise :class:`~nbcache.exceptions.StoreFault`, never a socket or pymemcache error.
   A per-server :class:`~nbcache.stores.breaker.CircuitBreaker` makes calls to a dead server
   fail in microseconds during a cool-down, then lets one trial call through; one WARNING on
@@ -106,9 +108,12 @@ def rendezvous_owner(seeds: list[bytes], key: str) -> str:
     return best[:-1].decode()
 
 
-def _get_many_of(names: list[bytes]) -> Callable[[Client], dict[bytes, Any]]:
-    def get_many(client: Client) -> dict[bytes, Any]:
-        return client.get_many(names)  # type: ignore[no-any-return]
+def _get_many_of(names: list[bytes]) -> Callable[[Client], dict[bytes, bytes | memoryview]]:
+    def get_many(client: Client) -> dict[bytes, bytes | memoryview]:
+        sock = client.sock
+        if sock is None:
+            sock = memcached_bulk.connected_socket(client)
+        return memcached_bulk.get_values(sock, names)
 
     return get_many
 
@@ -214,7 +219,7 @@ class MemcachedStore:
         by_server: dict[ServerConnection, list[bytes]] = {}
         for name in names:
             by_server.setdefault(self._server(name.decode("ascii")), []).append(name)
-        found: dict[bytes, Any] = {}
+        found: dict[bytes, bytes | memoryview] = {}
         faults: list[StoreFault] = []
         for server, server_names in by_server.items():
             try:
