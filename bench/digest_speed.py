@@ -17,7 +17,7 @@ import numpy as np
 import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
-from nbcache.tokenize import value_digest
+from nbcache.keys.digest import value_digest
 
 SIZE_BYTES = 256 * 1024 * 1024
 REPEATS = 5

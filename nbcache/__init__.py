@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "NO_VALUE": "nbcache.api",
+    "NO_VALUE": "nbcache.stores.api",
     "Cache": "nbcache.cache",
     "SimpleCache": "nbcache.caches",
     "MemcachedCache": "nbcache.caches",
@@ -21,24 +21,24 @@ _EXPORTS = {
     "NbcacheError": "nbcache.exceptions",
     "ConfigurationError": "nbcache.exceptions",
     "UnpicklableValueError": "nbcache.exceptions",
-    "cached_result": "nbcache.decorator",
-    "register_token": "nbcache.tokenize",
+    "cached_result": "nbcache.functions.decorator",
+    "register_token": "nbcache.keys.digest",
 }
 
 __all__ = [*sorted(_EXPORTS), "load_ipython_extension"]
 
 if TYPE_CHECKING:
-    from .api import NO_VALUE as NO_VALUE
-    from .cache import Cache as Cache
-    from .caches import MemcachedCache as MemcachedCache
-    from .caches import SimpleCache as SimpleCache
-    from .config import configure as configure
-    from .config import get_cache as get_cache
-    from .decorator import cached_result as cached_result
-    from .exceptions import ConfigurationError as ConfigurationError
-    from .exceptions import NbcacheError as NbcacheError
-    from .exceptions import UnpicklableValueError as UnpicklableValueError
-    from .tokenize import register_token as register_token
+    from nbcache.cache import Cache as Cache
+    from nbcache.caches import MemcachedCache as MemcachedCache
+    from nbcache.caches import SimpleCache as SimpleCache
+    from nbcache.config import configure as configure
+    from nbcache.config import get_cache as get_cache
+    from nbcache.exceptions import ConfigurationError as ConfigurationError
+    from nbcache.exceptions import NbcacheError as NbcacheError
+    from nbcache.exceptions import UnpicklableValueError as UnpicklableValueError
+    from nbcache.functions.decorator import cached_result as cached_result
+    from nbcache.keys.digest import register_token as register_token
+    from nbcache.stores.api import NO_VALUE as NO_VALUE
 
 
 def __getattr__(name: str) -> Any:
@@ -52,6 +52,6 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbcache``: register the ``%%cache`` and ``%nbcache`` magics."""
-    from .magic import register
+    from nbcache.cells.magic import register
 
     register(ipython)

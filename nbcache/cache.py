@@ -1,9 +1,10 @@
 """The cache front-end: the Flask/cachelib contract over an envelope and a byte store.
 
 ``get`` returns None on a miss, like every Flask-style cache; :meth:`Cache.get_entry` returns
-:data:`~nbcache.api.NO_VALUE` instead, with the entry's metadata, for callers to whom ``None``
-is a real result. Faults of the store never raise from here: a read becomes a miss and a write
-returns False, and the store (or this class, for faults it does not know) logs one warning.
+:data:`~nbcache.stores.api.NO_VALUE` instead, with the entry's metadata, for callers to
+whom ``None`` is a real result. Faults of the store never raise from here: a read becomes a
+miss and a write returns False, and the store (or this class, for faults it does not know)
+logs one warning.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
-from .api import NO_VALUE, ByteStore, NoValue
-from .envelope import Entry, Envelope
-from .exceptions import EntryRefused, StoreFault
+from nbcache.entries.envelope import Entry, Envelope
+from nbcache.exceptions import EntryRefused, StoreFault
+from nbcache.stores.api import NO_VALUE, ByteStore, NoValue
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ _CAS_ATTEMPTS = 100
 
 
 class Cache:
-    """Python values under string keys, with expiry, in any :class:`~nbcache.api.ByteStore`.
+    """Python values under string keys, with expiry, in any :class:`~nbcache.stores.api.ByteStore`.
 
     ``timeout`` everywhere: None means ``default_timeout``; 0 means never expires; a negative
     number means already expired (nothing live is stored). Values come back as the caller's own

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .api import ByteStore
-from .cache import DEFAULT_TIMEOUT, Cache
-from .envelope import Envelope
-from .secrets import SecretSpec, resolve_secrets
-from .signing import Signer
-from .stores.memory import MemoryStore
+from nbcache.cache import DEFAULT_TIMEOUT, Cache
+from nbcache.entries.envelope import Envelope
+from nbcache.entries.secrets import SecretSpec, resolve_secrets
+from nbcache.entries.signing import Signer
+from nbcache.stores.api import ByteStore
+from nbcache.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
     import ssl
@@ -62,9 +62,9 @@ class MemcachedCache(Cache):
         compress: bool = False,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        from .stores.chunked import ChunkedStore
-        from .stores.memcached import MemcachedStore
-        from .stores.namespace import NamespacedStore
+        from nbcache.stores.chunked import ChunkedStore
+        from nbcache.stores.memcached.store import MemcachedStore
+        from nbcache.stores.namespace import NamespacedStore
 
         if isinstance(servers, str):
             servers = [servers]
@@ -78,7 +78,7 @@ class MemcachedCache(Cache):
         )
         store: ByteStore = NamespacedStore(ChunkedStore(raw), self.key_prefix)
         if compress:
-            from .stores.compressed import CompressedStore
+            from nbcache.stores.compressed import CompressedStore
 
             store = CompressedStore(store)
         super().__init__(

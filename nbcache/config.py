@@ -18,8 +18,8 @@ import os
 import threading
 from urllib.parse import parse_qsl, urlsplit
 
-from .cache import Cache
-from .exceptions import ConfigurationError
+from nbcache.cache import Cache
+from nbcache.exceptions import ConfigurationError
 
 ENV_VAR = "NBCACHE_URL"
 _lock = threading.Lock()
@@ -62,11 +62,11 @@ def cache_from(spec: Cache | str) -> Cache:
     parts = urlsplit(spec.strip())
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     if parts.scheme == "simple":
-        from .caches import SimpleCache
+        from nbcache.caches import SimpleCache
 
         return SimpleCache(**_typed(spec, options, _SIMPLE_OPTIONS))  # type: ignore[arg-type]
     if parts.scheme == "memcached":
-        from .caches import MemcachedCache
+        from nbcache.caches import MemcachedCache
 
         servers = [server.strip() for server in parts.netloc.split(",") if server.strip()]
         if not servers:

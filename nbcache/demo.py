@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import get_cache
-from .decorator import cached_result
+from nbcache.config import get_cache
+from nbcache.functions.decorator import cached_result
 
 
 @cached_result(timeout=5 * 60)

@@ -16,8 +16,8 @@ import pytest
 from memcached_server import MemcachedServer
 
 from nbcache import MemcachedCache, SimpleCache
-from nbcache.buffers import BIG
 from nbcache.cache import Cache
+from nbcache.stores.buffers import BIG
 
 SECRET = "aligned-values-test-secret"
 MIB = 1024 * 1024
@@ -142,7 +142,7 @@ def test_the_envelope_copies_what_a_store_delivers_misaligned(
     """The last resort: an entry at an odd address still gives aligned arrays, logged."""
     import numpy as np
 
-    from nbcache.envelope import Envelope
+    from nbcache.entries.envelope import Envelope
 
     envelope = Envelope()
     array = np.random.default_rng(7).random(MIB // 8)

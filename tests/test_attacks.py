@@ -27,8 +27,8 @@ from memcached_server import MemcachedServer
 from pymemcache.client.base import Client
 
 from nbcache import MemcachedCache, cached_result
-from nbcache.envelope import Envelope
-from nbcache.signing import Signer
+from nbcache.entries.envelope import Envelope
+from nbcache.entries.signing import Signer
 
 pytestmark = pytest.mark.memcached
 
@@ -389,7 +389,7 @@ def pickle_payload(marker: Path) -> bytes:
 
 def forge_with_wrong_mac(genuine: bytes, marker: Path) -> bytes:
     """An entry in the exact envelope format with the attacker's pickle and a made-up MAC."""
-    from nbcache.envelope import Header
+    from nbcache.entries.envelope import Header
 
     header_end = 8 + int.from_bytes(genuine[4:8], "little")
     payload = pickle_payload(marker)

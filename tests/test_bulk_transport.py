@@ -19,10 +19,10 @@ from memcached_server import MemcachedServer
 from resident_memory import resident_growth
 
 from nbcache import MemcachedCache
-from nbcache.api import NO_VALUE
 from nbcache.exceptions import StoreFault
+from nbcache.stores.api import NO_VALUE
 from nbcache.stores.chunked import ChunkedStore, ChunkTransport
-from nbcache.stores.memcached import MemcachedStore
+from nbcache.stores.memcached.store import MemcachedStore
 
 pytestmark = pytest.mark.memcached
 

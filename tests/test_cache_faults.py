@@ -17,7 +17,7 @@ import pytest
 from memcached_server import MemcachedServer
 
 from nbcache import MemcachedCache
-from nbcache.stores.memcached import MemcachedStore
+from nbcache.stores.memcached.store import MemcachedStore
 
 pytestmark = pytest.mark.memcached
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from nbcache.call_key import CallKeyBuilder
-from nbcache.tokenize import value_digest
+from nbcache.functions.call_key import CallKeyBuilder
+from nbcache.keys.digest import value_digest
 
 
 def plain(a: int, b: int = 2, *, c: int = 3, d: int) -> None: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
-from nbcache.cell_code import CellCode, analyze_cell
+from nbcache.cells.analysis import CellCode, analyze_cell
 
 
 def cell(source: str) -> CellCode:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nbcache.cell_output import (
+from nbcache.cells.output import (
     ClearOutput,
     DisplayData,
     ExecuteResult,
@@ -308,14 +308,14 @@ def test_output_recorded_in_one_kernel_replays_the_same_in_another(tmp_path: Pat
     )
     record = (
         "import pickle\n"
-        "from nbcache.cell_output import record_output\n"
+        "from nbcache.cells.output import record_output\n"
         "with record_output(get_ipython()) as recorded:\n"
         f"    get_ipython().run_cell({body!r}, store_history=False)\n"
         f"_ = open({str(saved)!r}, 'wb').write(pickle.dumps(recorded))\n"
     )
     replay = (
         "import pickle\n"
-        "from nbcache.cell_output import replay_output\n"
+        "from nbcache.cells.output import replay_output\n"
         f"replay_output(get_ipython(), pickle.loads(open({str(saved)!r}, 'rb').read()))\n"
     )
     outputs = []

@@ -20,10 +20,10 @@ from typing import TypeAlias
 import pytest
 from memcached_server import MemcachedServer
 
-from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, join
 from nbcache.exceptions import StoreFault
+from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, join
 from nbcache.stores.chunked import CHUNK_TTL_MARGIN, ITEM_OVERHEAD, ChunkedStore
-from nbcache.stores.memcached import MemcachedStore
+from nbcache.stores.memcached.store import MemcachedStore
 
 Read: TypeAlias = bytes | bytearray | memoryview | NoValue
 REPO = Path(__file__).resolve().parent.parent
@@ -435,7 +435,7 @@ def test_interleaved_writers_on_memcached(memcached_store: MemcachedStore) -> No
 WRITER = """
 import sys
 from nbcache.stores.chunked import ChunkedStore
-from nbcache.stores.memcached import MemcachedStore
+from nbcache.stores.memcached.store import MemcachedStore
 import numpy as np
 
 address, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -15,7 +15,7 @@ from memcached_server import MemcachedServer
 from resident_memory import resident_growth
 
 from nbcache import MemcachedCache
-from nbcache.api import NO_VALUE, ByteStore
+from nbcache.stores.api import NO_VALUE, ByteStore
 from nbcache.stores.compressed import MIN_SIZE, SAMPLE_BYTES, CompressedStore
 from nbcache.stores.memory import MemoryStore
 from nbcache.stores.namespace import NamespacedStore

@@ -20,7 +20,7 @@ import pytest
 
 import nbcache
 from nbcache import MemcachedCache, SimpleCache
-from nbcache.decorator import cached_result
+from nbcache.functions.decorator import cached_result
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -323,7 +323,7 @@ def test_a_dead_server_never_breaks_the_call(memcached: Any) -> None:
 
 KEY_SCRIPT = """
 import textwrap
-from nbcache.decorator import cached_result
+from nbcache.functions.decorator import cached_result
 ns = {"__name__": "__main__"}
 exec(textwrap.dedent('''
     def f(a, b=None, *, c=frozenset()):

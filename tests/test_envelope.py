@@ -22,12 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nbcache import SimpleCache, serializer
-from nbcache.api import NO_VALUE
+from nbcache import SimpleCache
 from nbcache.cache import Cache
-from nbcache.envelope import Entry, Envelope
+from nbcache.entries import serializer
+from nbcache.entries.envelope import Entry, Envelope
+from nbcache.entries.signing import Signer
 from nbcache.exceptions import EntryRefused
-from nbcache.signing import Signer
+from nbcache.stores.api import NO_VALUE
 from nbcache.stores.memory import MemoryStore
 
 OLD_SECRET = b"old-secret-0123456789abcdef"
@@ -205,7 +206,7 @@ def test_version_skew_is_refused_before_loading(
     with monkeypatch.context() as writer:
         if skew == "python":
             other = f"{sys.version_info[0]}.{sys.version_info[1] + 1}"
-            writer.setattr("nbcache.envelope.PYTHON", other)
+            writer.setattr("nbcache.entries.envelope.PYTHON", other)
             reason = f"written by Python {other}"
         else:
             major = int(serializer.cloudpickle_version().split(".")[0])

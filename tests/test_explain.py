@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from nbcache import MemcachedCache, SimpleCache
-from nbcache.decorator import cached_result
+from nbcache.functions.decorator import cached_result
 
 
 def notebook(source: str, namespace: dict[str, Any] | None = None) -> dict[str, Any]:

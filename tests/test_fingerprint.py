@@ -16,8 +16,12 @@ from typing import Any
 
 import pytest
 
-from nbcache.fingerprint import function_fingerprint, function_fingerprint_parts, is_user_module
-from nbcache.tokenize import UnhashableValue
+from nbcache.keys.digest import UnhashableValue
+from nbcache.keys.fingerprint import (
+    function_fingerprint,
+    function_fingerprint_parts,
+    is_user_module,
+)
 
 
 def cell(
@@ -237,7 +241,7 @@ def test_partials_and_callable_objects_digest_by_value() -> None:
 
 def test_fingerprints_agree_across_processes_with_different_hash_seeds() -> None:
     script = (
-        "import textwrap\nfrom nbcache.fingerprint import function_fingerprint\n"
+        "import textwrap\nfrom nbcache.keys.fingerprint import function_fingerprint\n"
         f"ns = {{'__name__': '__main__'}}\nexec(compile({PIPELINE!r}, 'cell', 'exec'), ns)\n"
         "print(function_fingerprint(ns['total']))\n"
     )

@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterator
 import pytest
 from memcached_server import MemcachedServer
 
-from nbcache.api import NO_VALUE
 from nbcache.exceptions import StoreFault
-from nbcache.stores.memcached import MemcachedStore
-from nbcache.stores.memcached_keys import memcached_key
+from nbcache.stores.api import NO_VALUE
+from nbcache.stores.memcached.keys import memcached_key
+from nbcache.stores.memcached.store import MemcachedStore
 
 pytestmark = pytest.mark.memcached
 
-LOGGER = "nbcache.stores.memcached"
+LOGGER = "nbcache.stores.memcached.store"
 COOLDOWN = 0.3  # short breaker cool-down so recovery tests stay fast
 
 

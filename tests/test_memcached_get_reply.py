@@ -16,10 +16,10 @@ import pytest
 from memcached_server import MemcachedServer
 from pymemcache.exceptions import MemcacheError
 
-from nbcache.api import NO_VALUE
 from nbcache.exceptions import StoreFault
-from nbcache.stores.memcached import MemcachedStore
-from nbcache.stores.memcached_bulk import GetReply
+from nbcache.stores.api import NO_VALUE
+from nbcache.stores.memcached.protocol import GetReply
+from nbcache.stores.memcached.store import MemcachedStore
 
 TRICKY = b"a\r\nEND\r\nVALUE b 0 3\r\nxyz\r\nEND\r\n"
 

@@ -12,22 +12,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 from memcached_server import MemcachedServer
 
-from nbcache.api import NO_VALUE, ByteStore, CasToken
 from nbcache.exceptions import ConfigurationError
-from nbcache.stores.breaker import CircuitBreaker
-from nbcache.stores.memcached import (
+from nbcache.stores.api import NO_VALUE, ByteStore, CasToken
+from nbcache.stores.memcached.breaker import CircuitBreaker
+from nbcache.stores.memcached.keys import (
+    HASHED_MARKER,
+    READABLE_MARKER,
+    is_valid_memcached_key,
+    memcached_key,
+)
+from nbcache.stores.memcached.store import (
     DEFAULT_ITEM_SIZE_MAX,
     MAX_RELATIVE_EXPIRY,
     MemcachedStore,
     memcached_expiry,
     parse_server,
     rendezvous_owner,
-)
-from nbcache.stores.memcached_keys import (
-    HASHED_MARKER,
-    READABLE_MARKER,
-    is_valid_memcached_key,
-    memcached_key,
 )
 
 pytestmark = pytest.mark.memcached
@@ -146,7 +146,7 @@ def test_bad_server_lists_are_configuration_errors(servers: list[str]) -> None:
 
 
 def test_importing_the_store_does_not_import_pymemcache() -> None:
-    code = "import sys, nbcache.stores.memcached; print('pymemcache' in sys.modules)"
+    code = "import sys, nbcache.stores.memcached.store; print('pymemcache' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

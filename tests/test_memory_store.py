@@ -11,7 +11,7 @@ import os
 import pytest
 
 from nbcache import SimpleCache
-from nbcache.api import NO_VALUE
+from nbcache.stores.api import NO_VALUE
 from nbcache.stores.memory import MAPPED_SIZE, MemoryFile, MemoryStore
 
 MIB = 1024 * 1024
@@ -113,7 +113,7 @@ def test_a_big_value_over_max_bytes_is_refused_without_leaking_a_file() -> None:
 
 @pytest.mark.parametrize("size", [100, 70_000, MAPPED_SIZE + 5])
 def test_values_of_every_size_come_back_aligned_and_writable(size: int) -> None:
-    from nbcache.buffers import address, required
+    from nbcache.stores.buffers import address, required
 
     store = MemoryStore()
     assert store.set("k", [os.urandom(size)], None)

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from memcached_server import MemcachedServer
 from test_chunked_store import DictStore, FaultyStore, pattern
 
-from nbcache.api import NO_VALUE, ByteStore, NoValue
 from nbcache.exceptions import StoreFault
+from nbcache.stores.api import NO_VALUE, ByteStore, NoValue
 from nbcache.stores.chunked import ChunkedStore
-from nbcache.stores.memcached import MemcachedStore
+from nbcache.stores.memcached.store import MemcachedStore
 from nbcache.stores.memory import MemoryStore
 from nbcache.stores.namespace import GENERATION_BYTES, NamespacedStore
 

@@ -17,12 +17,12 @@ import pytest
 from memcached_server import MemcachedServer
 
 from nbcache import ConfigurationError, MemcachedCache
-from nbcache.secrets import ENV_VAR, resolve_secrets, secret_path, user_secret
+from nbcache.entries.secrets import ENV_VAR, resolve_secrets, secret_path, user_secret
 
 SHARED = "a-team-secret-0123456789abcdef"
 
 PRINT_USER_SECRET = (
-    "from nbcache.secrets import resolve_secrets; print(resolve_secrets()[0].decode())"
+    "from nbcache.entries.secrets import resolve_secrets; print(resolve_secrets()[0].decode())"
 )
 
 
@@ -54,7 +54,7 @@ def test_another_process_of_the_same_user_gets_the_same_secret() -> None:
 RACE = """
 import sys, time
 from pathlib import Path
-from nbcache.secrets import user_secret
+from nbcache.entries.secrets import user_secret
 start, base, rounds = float(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 for i in range(rounds):
     while time.time() < start + i * 0.05:  # spin: every process starts round i together

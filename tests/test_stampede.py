@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from nbcache import MemcachedCache, SimpleCache
-from nbcache.api import NO_VALUE
-from nbcache.decorator import cached_result
-from nbcache.stampede import compute_once, lease_record
+from nbcache.functions.decorator import cached_result
+from nbcache.functions.stampede import compute_once, lease_record
+from nbcache.stores.api import NO_VALUE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 CALLER = """
 import os, sys, time, textwrap
 from nbcache import MemcachedCache
-from nbcache.decorator import cached_result
+from nbcache.functions.decorator import cached_result
 address, log_path, start_at, compute_seconds, lease = sys.argv[1:6]
 ns = {"__name__": "__main__"}
 exec(textwrap.dedent('''
@@ -198,11 +198,11 @@ def test_a_planted_lease_blocks_a_call_no_longer_than_the_lease(
     result = compute_once(store, "planted#lease", lease, lambda: NO_VALUE, compute)
     assert time.monotonic() - start < bound
     assert result == 42 and computed == [1]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "nbcache.stampede"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "nbcache.functions.stampede"]
     assert len(warnings) == 1 and "planted#lease" in warnings[0], warnings
 
     # The first caller took the abandoned record over: the next one does not wait at all.
     start = time.monotonic()
     assert compute_once(store, "planted#lease", lease, lambda: NO_VALUE, compute) == 42
     assert time.monotonic() - start < 1.0 and computed == [1, 1]
-    assert len([r for r in caplog.records if r.name == "nbcache.stampede"]) == 1
+    assert len([r for r in caplog.records if r.name == "nbcache.functions.stampede"]) == 1

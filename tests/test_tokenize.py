@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbcache.exceptions import NbcacheError
-from nbcache.tokenize import UnhashableValue, register_token, value_digest
+from nbcache.keys.digest import UnhashableValue, register_token, value_digest
 
 # --- properties --------------------------------------------------------------------------
 
@@ -531,7 +531,7 @@ def test_digesting_a_million_strings_copies_no_column() -> None:
 CROSS_PROCESS_SCRIPT = """
 import dataclasses, sys
 import numpy as np, pandas as pd
-from nbcache.tokenize import value_digest
+from nbcache.keys.digest import value_digest
 
 @dataclasses.dataclass
 class Row:
@@ -564,7 +564,7 @@ def test_digests_agree_across_processes_with_different_hash_seeds() -> None:
 
 def test_importing_tokenize_imports_neither_numpy_nor_pandas() -> None:
     script = (
-        "import sys; from nbcache.tokenize import value_digest; value_digest({'a': [1, 2.5]}); "
+        "import sys; from nbcache.keys.digest import value_digest; value_digest({'a': [1, 2.5]}); "
         "print(sorted(m for m in ('numpy', 'pandas', 'IPython') if m in sys.modules))"
     )
     done = subprocess.run(

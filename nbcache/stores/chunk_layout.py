@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from nbcache.api import Buffer
+from nbcache.stores.api import Buffer
 
 INLINE_V2 = b"\x13"
 MANIFEST_V2 = b"\x14"

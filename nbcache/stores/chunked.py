@@ -18,8 +18,8 @@ the key and the reason.
 When the inner store offers :class:`ChunkTransport` (memcached does), chunks are written from
 the caller's buffers in one pipelined call and read straight into the one buffer that becomes
 the value, so a big value is never copied on its way through this layer. That buffer comes
-from :func:`nbcache.buffers.allocate`: a big value starts 64-byte aligned, and so do the arrays
-the envelope rebuilds on it.
+from :func:`nbcache.stores.buffers.allocate`: a big value starts 64-byte aligned, and so do
+the arrays the envelope rebuilds on it.
 """
 
 from __future__ import annotations
@@ -30,9 +30,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from nbcache import buffers as aligned
-from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, byte_views, total_size
 from nbcache.exceptions import StoreFault
+from nbcache.stores import buffers as aligned
+from nbcache.stores.api import (
+    NO_VALUE,
+    Buffer,
+    ByteStore,
+    CasToken,
+    NoValue,
+    byte_views,
+    total_size,
+)
 from nbcache.stores.chunk_layout import (
     INLINE_V2,
     MANIFEST_HEADER,
@@ -83,7 +91,7 @@ def _warn_digest_mismatch(key: str) -> None:
 
 
 class ChunkedStore:
-    """A :class:`~nbcache.api.ByteStore` that stores values of any size in a store of small items.
+    """A :class:`~nbcache.stores.api.ByteStore` for values of any size, in a store of small items.
 
     ``max_item_size`` is the largest item ``inner`` accepts, in bytes, or a function giving it
     (asked at each write, so it may be discovered from the server lazily). By default it is

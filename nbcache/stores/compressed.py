@@ -15,7 +15,7 @@ compression saves less than :data:`MIN_SAVING` is stored raw anyway. On loopback
 network compression costs more time than it saves: it is for slow links or small servers.
 
 Reads decompress into one new buffer of the recorded length
-(:func:`nbcache.buffers.allocate`: aligned), which the caller owns and may write to (rebuilt
+(:func:`nbcache.stores.buffers.allocate`: aligned), which the caller owns and may write to (rebuilt
 arrays live in it). A record that does not decompress to exactly its
 recorded length is a miss, logged at DEBUG. Records are decompressed before the envelope's
 MAC is checked, so the recorded length is bounded by what zlib can expand the stream to:
@@ -29,8 +29,8 @@ import struct
 import zlib
 from collections.abc import Sequence
 
-from nbcache import buffers as aligned
-from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, total_size
+from nbcache.stores import buffers as aligned
+from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, total_size
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ _STEP = 1024 * 1024
 
 
 class CompressedStore:
-    """A :class:`~nbcache.api.ByteStore` that zlib-compresses, in ``inner``, what compresses.
+    """A :class:`~nbcache.stores.api.ByteStore` that zlib-compresses, in ``inner``, what compresses.
 
     ``level`` is zlib's (1 is fastest; higher levels rarely pay on numeric data). Values
     below ``min_size`` bytes and values whose samples do not shrink by :data:`MIN_SAVING`

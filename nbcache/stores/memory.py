@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import buffers as aligned
-from ..api import NO_VALUE, Buffer, CasToken, NoValue, Stored, total_size
+from nbcache.stores import buffers as aligned
+from nbcache.stores.api import NO_VALUE, Buffer, CasToken, NoValue, Stored, total_size
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from nbcache.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue
 from nbcache.exceptions import StoreFault
+from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue
 
 ReadValue = bytes | bytearray | memoryview
 
@@ -37,7 +37,7 @@ _GENERATION_ATTEMPTS = 3
 
 
 class NamespacedStore:
-    """A :class:`~nbcache.api.ByteStore` keeping its keys under ``namespace`` in ``inner``.
+    """A :class:`~nbcache.stores.api.ByteStore` keeping its keys under ``namespace`` in ``inner``.
 
     Keys of different namespaces never collide, whatever characters the namespace holds (it
     is length-prefixed). Reads fetch the generation together with the values, in one

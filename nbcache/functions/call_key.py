@@ -18,7 +18,7 @@ from typing import Any
 import xxhash
 
 from nbcache.exceptions import UnhashableValue
-from nbcache.tokenize import value_digest
+from nbcache.keys.digest import value_digest
 
 KEY_FORMAT = "nbcache.fn/1"
 #: The name under which a ``key=`` callable's result appears in explanations.

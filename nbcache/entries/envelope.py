@@ -5,7 +5,7 @@ Layout of an entry (all integers little-endian)::
     b"NBC" | format (1 byte) | header length (4) | header | key id (4) | MAC (32)
     | pickle head | padding | out-of-band buffer 0 | padding | buffer 1 | ...
 
-Each out-of-band buffer starts at a multiple of :data:`~nbcache.buffers.ALIGNMENT` (64) bytes
+Each out-of-band buffer starts at a multiple of :data:`~nbcache.stores.buffers.ALIGNMENT` (64) bytes
 from the entry's first byte, after zero bytes of padding (at most 63): a store that delivers
 the entry at an aligned address delivers every array in it aligned. The header records the
 frames' sizes, not the padding; the reader recomputes the padding from the same rule. The
@@ -39,11 +39,11 @@ import sys
 import time
 from typing import Any, NamedTuple
 
-from . import buffers as aligned
-from . import serializer
-from .api import Buffer
-from .exceptions import EntryRefused
-from .signing import KEY_ID_SIZE, MAC_SIZE, Signer
+from nbcache.entries import serializer
+from nbcache.entries.signing import KEY_ID_SIZE, MAC_SIZE, Signer
+from nbcache.exceptions import EntryRefused
+from nbcache.stores import buffers as aligned
+from nbcache.stores.api import Buffer
 
 logger = logging.getLogger(__name__)
 

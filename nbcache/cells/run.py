@@ -1,7 +1,7 @@
 """Get-or-run for one notebook cell: the logic of ``%%cache``, independent of IPython's Magics.
 
 The key is the cell's label, its normalised code and a digest of every input the cell reads
-from the user namespace (values by :func:`~nbcache.tokenize.value_digest`, functions and
+from the user namespace (values by :func:`~nbcache.keys.digest.value_digest`, functions and
 classes by code fingerprint, modules by name and version). On a miss the body runs while its
 output is recorded (and still shown live); if it succeeds, the cell's effects on the namespace
 are stored with the recording and the value of its last expression. On a hit those effects
@@ -29,16 +29,16 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-from .api import NO_VALUE, NoValue
-from .cache import Cache
-from .cell_code import CellCode, analyze_cell, display_suppressed
-from .cell_execution import run_body
-from .cell_output import RecordedOutput, record_output, replay_output
-from .code_snapshot import CodeSnapshot
-from .exceptions import UnhashableValue, UnpicklableValueError
-from .rebind import rebind_globals
-from .session_stats import SessionStats, format_seconds
-from .tokenize import value_digest
+from nbcache.cache import Cache
+from nbcache.cells.analysis import CellCode, analyze_cell, display_suppressed
+from nbcache.cells.execution import run_body
+from nbcache.cells.output import RecordedOutput, record_output, replay_output
+from nbcache.cells.rebind import rebind_globals
+from nbcache.cells.stats import SessionStats, format_seconds
+from nbcache.exceptions import UnhashableValue, UnpicklableValueError
+from nbcache.keys.digest import value_digest
+from nbcache.keys.snapshot import CodeSnapshot
+from nbcache.stores.api import NO_VALUE, NoValue
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def _effects(
 
 def _unpicklable_part(bound: dict[str, Any], result: Any) -> str:
     """Names the first stored part that cannot be pickled, for the warning."""
-    from .serializer import dumps
+    from nbcache.entries.serializer import dumps
 
     candidates: list[tuple[str, Any]] = [(repr(name), value) for name, value in bound.items()]
     if not isinstance(result, NoValue):

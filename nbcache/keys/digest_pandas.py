@@ -8,10 +8,10 @@ the equal int64 ``Index`` digest equal. A MultiIndex digests level values by pos
 different level/code layouts of equal labels digest equal. ``attrs`` count.
 
 Text and other extension columns are read as objects a batch at a time and encoded by
-:func:`nbcache.tokenize_numpy.write_object_elements` (strings at C speed, exactly, with missing
+:func:`nbcache.keys.digest_numpy.write_object_elements` (strings at C speed, exactly, with missing
 values kept apart); a ``RangeIndex`` is written as its int64 values without materialising them.
 
-Imported by :mod:`nbcache.tokenize` the first time a pandas value is digested.
+Imported by :mod:`nbcache.keys.digest` the first time a pandas value is digested.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from nbcache import tokenize_numpy
+from nbcache.keys import digest_numpy
 
 if TYPE_CHECKING:
-    from nbcache.tokenize import TokenWriter
+    from nbcache.keys.digest import TokenWriter
 
 
 # A RangeIndex is written as the int64 values it stands for, generated this many at a time.
@@ -38,9 +38,9 @@ def _write_values(writer: TokenWriter, values: Any) -> None:
     elif isinstance(values.dtype, np.dtype):
         array = values.to_numpy(copy=False)
         writer.raw(b"n")
-        tokenize_numpy.write_dtype(writer, array.dtype)
+        digest_numpy.write_dtype(writer, array.dtype)
         writer.count(len(array))
-        tokenize_numpy.write_array_content(writer, array)
+        digest_numpy.write_array_content(writer, array)
     else:
         writer.raw(b"e")
         _extension_array(writer, values.array)
@@ -53,13 +53,13 @@ def _write_range(writer: TokenWriter, index: Any) -> None:
     cached on the caller's index.
     """
     writer.raw(b"n")
-    tokenize_numpy.write_dtype(writer, np.dtype(np.int64))
+    digest_numpy.write_dtype(writer, np.dtype(np.int64))
     writer.count(len(index))
     start, step = int(index.start), int(index.step)
     for first in range(0, len(index), _RANGE_BLOCK):
         count = min(_RANGE_BLOCK, len(index) - first)
         block = np.arange(count, dtype=np.int64) * step + (start + first * step)
-        tokenize_numpy.write_array_content(writer, block)
+        digest_numpy.write_array_content(writer, block)
 
 
 def _extension_array(writer: TokenWriter, array: Any) -> None:
@@ -70,21 +70,21 @@ def _extension_array(writer: TokenWriter, array: Any) -> None:
     if isinstance(array, pd.Categorical):
         _index(writer, array.categories)
         writer.value(bool(array.ordered))
-        tokenize_numpy.write_array_content(writer, np.asarray(array.codes))
+        digest_numpy.write_array_content(writer, np.asarray(array.codes))
     elif hasattr(array, "asi8"):  # datetimes, timedeltas, periods: int64 ticks, NaT included
-        tokenize_numpy.write_array_content(writer, np.asarray(array.asi8))
+        digest_numpy.write_array_content(writer, np.asarray(array.asi8))
     elif hasattr(array, "_data") and hasattr(array, "_mask"):  # nullable Int64, Float64, boolean
         mask = np.asarray(array._mask, dtype=bool)
         data = np.asarray(array._data)
         if mask.any():  # what lies under a missing value is arbitrary: zero it in a copy
             data = np.where(mask, np.zeros((), dtype=data.dtype), data)
-        tokenize_numpy.write_array_content(writer, mask)
-        tokenize_numpy.write_array_content(writer, data)
+        digest_numpy.write_array_content(writer, mask)
+        digest_numpy.write_array_content(writer, data)
     else:  # strings, intervals, sparse, arrow-backed: as objects, one batch at a time
-        tokenize_numpy.write_object_elements(writer, len(array), _object_slicer(array))
+        digest_numpy.write_object_elements(writer, len(array), _object_slicer(array))
 
 
-def _object_slicer(array: Any) -> tokenize_numpy.ElementSlicer:
+def _object_slicer(array: Any) -> digest_numpy.ElementSlicer:
     """Slices of an extension array as object arrays (a view for python-backed strings)."""
 
     def elements(start: int, stop: int) -> np.ndarray[Any, Any]:
@@ -110,7 +110,7 @@ def _index(writer: TokenWriter, index: Any) -> None:
 def _own_class(writer: TokenWriter, obj: object, base: type) -> None:
     """Tag a subclass (a GeoDataFrame is not a DataFrame) before the base encoding."""
     if type(obj) is not base:
-        from nbcache.tokenize import write_type
+        from nbcache.keys.digest import write_type
 
         writer.raw(b"S")
         write_type(writer, type(obj))
@@ -174,10 +174,10 @@ def _singleton(name: str) -> Any:
 
 
 def install_handlers() -> None:
-    """Register the pandas handlers (and numpy's) with :mod:`nbcache.tokenize`."""
-    from nbcache.tokenize import register_handler
+    """Register the pandas handlers (and numpy's) with :mod:`nbcache.keys.digest`."""
+    from nbcache.keys.digest import register_handler
 
-    tokenize_numpy.install_handlers()
+    digest_numpy.install_handlers()
     for type_, handler in (
         (pd.DataFrame, _data_frame),
         (pd.Series, _series),

@@ -7,7 +7,7 @@ name bound anywhere in a function body is local to the whole body unless declare
 or ``nonlocal``. Comprehensions are functions too, whose targets are local, except that a
 walrus inside one binds in the enclosing function.
 
-Used by :mod:`nbcache.cell_code`; pure functions of the AST.
+Used by :mod:`nbcache.cells.analysis`; pure functions of the AST.
 """
 
 from __future__ import annotations

@@ -6,18 +6,18 @@ What it guarantees, and why each point matters for a cache shared by notebooks:
   replies never cross between threads (a plain pymemcache ``Client`` shared by threads does).
 * Every write waits for the server's answer (``noreply`` off), so a refused write (a value
   over the item limit, say) returns ``False`` instead of pretending it was stored.
-* Keys of any text map to valid memcached keys (:mod:`nbcache.stores.memcached_keys`).
+* Keys of any text map to valid memcached keys (:mod:`nbcache.stores.memcached.keys`).
 * Several servers share keys by rendezvous hashing. A dead server's keys are never moved to
   another server: its reads fail, its writes fail, and when it comes back it holds no value
   that a newer write elsewhere would have to beat.
 * The chunks of big values (:meth:`MemcachedStore.set_chunks`,
   :meth:`MemcachedStore.get_chunks_into`) bypass pymemcache's copies: they are sent from the
-  caller's buffers and received into the caller's buffer (:mod:`nbcache.stores.memcached_bulk`).
+  caller's buffers and received into the caller's buffer (:mod:`nbcache.stores.memcached.protocol`).
 * :meth:`MemcachedStore.get_many` reads its reply with a lean parser of its own (one
   ``sendall``, few ``recv`` calls): a small cache hit costs little more than the round trip.
 * Faults raise :class:`~nbcache.exceptions.StoreFault`, never a socket or pymemcache error.
-  A per-server :class:`~nbcache.stores.breaker.CircuitBreaker` makes calls to a dead server
-  fail in microseconds during a cool-down, then lets one trial call through; one WARNING on
+  A per-server :class:`~nbcache.stores.memcached.breaker.CircuitBreaker` makes calls to a dead
+  server fail in microseconds during a cool-down, then lets one trial call through; one WARNING on
   this module's logger per outage, one INFO when the server is back.
 """
 
@@ -30,12 +30,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from nbcache.api import NO_VALUE, Buffer, CasToken, NoValue, byte_views, join
 from nbcache.exceptions import ConfigurationError, StoreFault
-from nbcache.stores import memcached_bulk
-from nbcache.stores.breaker import CircuitBreaker
-from nbcache.stores.memcached_keys import memcached_key
-from nbcache.stores.memcached_pool import Refused, ServerConnection
+from nbcache.stores.api import NO_VALUE, Buffer, CasToken, NoValue, byte_views, join
+from nbcache.stores.memcached import protocol
+from nbcache.stores.memcached.breaker import CircuitBreaker
+from nbcache.stores.memcached.keys import memcached_key
+from nbcache.stores.memcached.pool import Refused, ServerConnection
 
 if TYPE_CHECKING:
     import ssl
@@ -112,14 +112,14 @@ def _get_many_of(names: list[bytes]) -> Callable[[Client], dict[bytes, bytes | m
     def get_many(client: Client) -> dict[bytes, bytes | memoryview]:
         sock = client.sock
         if sock is None:
-            sock = memcached_bulk.connected_socket(client)
-        return memcached_bulk.get_values(sock, names)
+            sock = protocol.connected_socket(client)
+        return protocol.get_values(sock, names)
 
     return get_many
 
 
 class MemcachedStore:
-    """A :class:`~nbcache.api.ByteStore` on memcached servers (``"host:port"`` strings).
+    """A :class:`~nbcache.stores.api.ByteStore` on memcached servers (``"host:port"`` strings).
 
     ``connect_timeout`` and ``timeout`` (seconds) bound every connect and every socket
     operation, so a hung server costs at most about ``timeout`` per call. ``max_pool_size``
@@ -303,9 +303,7 @@ class MemcachedStore:
         for server, server_items in by_server.items():
 
             def send(client: Client, server_items: list[Any] = server_items) -> list[bool]:
-                return memcached_bulk.set_items(
-                    memcached_bulk.connected_socket(client), server_items, expire
-                )
+                return protocol.set_items(protocol.connected_socket(client), server_items, expire)
 
             try:
                 refused = not all(server.run(send))
@@ -336,9 +334,7 @@ class MemcachedStore:
             def receive(
                 client: Client, names: list[bytes] = names, views: list[memoryview] = views
             ) -> list[bool]:
-                return memcached_bulk.get_into(
-                    memcached_bulk.connected_socket(client), names, views
-                )
+                return protocol.get_into(protocol.connected_socket(client), names, views)
 
             try:
                 server_found = server.run(receive)

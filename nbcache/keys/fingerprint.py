@@ -7,7 +7,8 @@ A function's fingerprint covers
   formatting do not change it, and the same function defined in two kernels (different cell
   numbers, ``<ipython-input-..>`` or ``/tmp/ipykernel_../..py`` file names) fingerprints the
   same;
-* its defaults, keyword defaults and closure cell values, by :func:`nbcache.tokenize.value_digest`;
+* its defaults, keyword defaults and closure cell values, by
+  :func:`nbcache.keys.digest.value_digest`;
 * the functions and classes it references by global name that are defined in the notebook or in
   the user's own modules (not the standard library, not site-packages), recursively with a cycle
   guard, so editing a helper changes the fingerprint of every caller;
@@ -32,8 +33,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from nbcache.exceptions import UnhashableValue
-from nbcache.tokenize import value_digest
-from nbcache.tokenize_stdlib import module_version
+from nbcache.keys.digest import value_digest
+from nbcache.keys.digest_stdlib import module_version
 
 __all__ = [
     "class_fingerprint",
@@ -43,7 +44,7 @@ __all__ = [
     "is_user_module",
 ]
 
-_FINGERPRINT_VERSION = "nbcache.fingerprint/1"
+_FINGERPRINT_VERSION = "nbcache.keys.fingerprint/1"
 # Class attributes that describe the class rather than what it does.
 _CLASS_BOOKKEEPING = frozenset(
     {

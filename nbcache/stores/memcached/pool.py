@@ -14,13 +14,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from nbcache.exceptions import StoreFault
-from nbcache.stores.breaker import CircuitBreaker
+from nbcache.stores.memcached.breaker import CircuitBreaker
 
 if TYPE_CHECKING:
     from pymemcache.client.base import Client
 
 # The messages of the pool belong to the memcached store's logger (one place to configure).
-logger = logging.getLogger("nbcache.stores.memcached")
+logger = logging.getLogger("nbcache.stores.memcached.store")
 
 T = TypeVar("T")
 

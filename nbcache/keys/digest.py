@@ -20,7 +20,8 @@ Choices a caller should know:
 * Live state (open files, sockets, locks, generators, iterators, threads, database
   connections) and anything that cannot be pickled raise :class:`UnhashableValue`.
 * numpy and pandas are never imported here: their handlers register the first time a value
-  from one of them is digested (:mod:`nbcache.tokenize_numpy`, :mod:`nbcache.tokenize_pandas`).
+  from one of them is digested (:mod:`nbcache.keys.digest_numpy`,
+  :mod:`nbcache.keys.digest_pandas`).
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ from typing import Any
 import xxhash
 
 from nbcache.exceptions import UnhashableValue
-from nbcache.tokenize_stdlib import install_stdlib_handlers, live_state_reason
+from nbcache.keys.digest_stdlib import install_stdlib_handlers, live_state_reason
 
 __all__ = ["TokenWriter", "UnhashableValue", "register_token", "value_digest"]
 
 #: Writes one value's encoding into a :class:`TokenWriter`.
 Handler = Callable[["TokenWriter", Any], None]
 
-_FORMAT_VERSION = b"nbcache.tokenize/2\x00"
+_FORMAT_VERSION = b"nbcache.keys.digest/2\x00"
 _DIRECT_HASH_BYTES = 1 << 16  # buffers this big are hashed in place rather than copied
 _MAX_RESOLVED_TYPES = 10_000
 
@@ -65,7 +66,10 @@ _REMEMBERED_TEXT = 256
 _builtin_types: set[type] = set()
 # numpy and pandas handlers live in their own modules, imported the first time a value whose
 # class comes from that library is digested (by then the library is imported anyway).
-_lazy_handler_modules = {"numpy": "nbcache.tokenize_numpy", "pandas": "nbcache.tokenize_pandas"}
+_lazy_handler_modules = {
+    "numpy": "nbcache.keys.digest_numpy",
+    "pandas": "nbcache.keys.digest_pandas",
+}
 _lazy_lock = threading.RLock()
 
 
@@ -230,7 +234,7 @@ def register_handler(type_: type, handler: Handler, *, builtin: bool = False) ->
 
 def write_type(writer: TokenWriter, cls: type) -> None:
     """Append a class's identity; classes from the user's own code add their fingerprint."""
-    from nbcache.fingerprint import class_fingerprint, is_user_module
+    from nbcache.keys.fingerprint import class_fingerprint, is_user_module
 
     module = getattr(cls, "__module__", None) or ""
     writer.raw(b"y")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Sequence
 
-from .api import Buffer
-from .exceptions import ConfigurationError
+from nbcache.exceptions import ConfigurationError
+from nbcache.stores.api import Buffer
 
 MAC_SIZE = 32
 KEY_ID_SIZE = 4

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from .api import NO_VALUE
+from nbcache.stores.api import NO_VALUE
 
 
 def run_body(shell: Any, python_source: str, header: str, *, show_result: bool) -> Any:
@@ -22,7 +22,7 @@ def run_body(shell: Any, python_source: str, header: str, *, show_result: bool) 
 
     ``header`` is the cell's first line (the ``%%cache`` line): it is kept in the source
     IPython shows in tracebacks, so line numbers match the notebook cell. Returns
-    :data:`~nbcache.api.NO_VALUE` when the cell does not end in an expression or
+    :data:`~nbcache.stores.api.NO_VALUE` when the cell does not end in an expression or
     ``show_result`` is False (then a trailing expression runs as a statement). Whatever the
     body raises propagates unchanged.
     """

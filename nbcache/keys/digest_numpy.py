@@ -15,7 +15,7 @@ NaN, ``pd.NA``, numbers, ``str`` subclasses such as ``numpy.str_``) keeps its ow
 encoding, marked by position. A batch holds about 1 MiB of text, so digesting a column of a
 million strings adds a few MiB at most, never a copy of the column.
 
-Imported by :mod:`nbcache.tokenize` the first time a numpy value is digested.
+Imported by :mod:`nbcache.keys.digest` the first time a numpy value is digested.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from nbcache.tokenize import TokenWriter
+    from nbcache.keys.digest import TokenWriter
 
 # Strided arrays are copied to contiguous blocks of about this size before hashing.
 _BLOCK_BYTES = 1 << 22
@@ -184,7 +184,7 @@ def _bytes_of(array: np.ndarray[Any, Any]) -> memoryview:
 
 def _ndarray(writer: TokenWriter, array: np.ndarray[Any, Any]) -> None:
     if type(array) is not np.ndarray:  # np.matrix and other subclasses behave differently
-        from nbcache.tokenize import write_type
+        from nbcache.keys.digest import write_type
 
         writer.raw(b"S")
         write_type(writer, type(array))
@@ -215,8 +215,8 @@ def _dtype(writer: TokenWriter, dtype: np.dtype[Any]) -> None:
 
 
 def install_handlers() -> None:
-    """Register the numpy handlers with :mod:`nbcache.tokenize`."""
-    from nbcache.tokenize import register_handler
+    """Register the numpy handlers with :mod:`nbcache.keys.digest`."""
+    from nbcache.keys.digest import register_handler
 
     register_handler(np.ndarray, _ndarray)
     register_handler(np.ma.MaskedArray, _masked_array)

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nbcache.api import NoValue
-from nbcache.call_key import CallKey
-from nbcache.envelope import Entry
+from nbcache.entries.envelope import Entry
+from nbcache.functions.call_key import CallKey
+from nbcache.stores.api import NoValue
 
 #: How many recent entries a function's record keeps.
 RECENT_ENTRIES = 16

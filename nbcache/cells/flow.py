@@ -1,4 +1,4 @@
-"""The statement-by-statement walk behind :func:`nbcache.cell_code.analyze_cell`.
+"""The statement-by-statement walk behind :func:`nbcache.cells.analysis.analyze_cell`.
 
 :class:`CellFlow` visits a cell (or a class body inside it) in execution order. It keeps the
 set of names the cell has surely settled (bound or deleted on every path so far), so that a
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import ast
 
-from nbcache.cell_magics import call_effect, timed_code
-from nbcache.cell_scopes import (
+from nbcache.cells.ipython_calls import call_effect, timed_code
+from nbcache.cells.scopes import (
     ComprehensionNode,
     comprehension_scope,
     evaluated_at_definition,

@@ -12,7 +12,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
-from .exceptions import EntryRefused, UnpicklableValueError
+from nbcache.exceptions import EntryRefused, UnpicklableValueError
 
 #: The serializer's name, as written into every entry's header.
 NAME = "cloudpickle"

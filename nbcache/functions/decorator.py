@@ -11,8 +11,9 @@
 The key covers the function's code fingerprint (its helpers too, so editing a helper
 invalidates its callers; comments and formatting do not), the canonical digest of every
 argument (defaults applied, keyword order irrelevant), the global data its code reads, and
-``version``. See :mod:`nbcache.call_key` for the details, :mod:`nbcache.stampede` for what
-happens when many callers miss one key at once, :mod:`nbcache.explain` for ``f.explain``.
+``version``. See :mod:`nbcache.functions.call_key` for the details,
+:mod:`nbcache.functions.stampede` for what happens when many callers miss one key at once,
+:mod:`nbcache.functions.explain` for ``f.explain``.
 
 A cache fault, an argument without a digest or a result that cannot be pickled never breaks
 the call: the function runs and one warning on the ``nbcache`` logger says what happened.
@@ -29,15 +30,15 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
-from nbcache.api import NO_VALUE, NoValue
 from nbcache.cache import Cache
-from nbcache.call_key import CallKey, CallKeyBuilder, UnhashableArgument
-from nbcache.code_snapshot import FingerprintMemo
 from nbcache.exceptions import UnhashableValue, UnpicklableValueError
-from nbcache.explain import entry_meta, explain, remember
-from nbcache.fingerprint import code_token, function_fingerprint
-from nbcache.stampede import DEFAULT_LEASE, compute_once, compute_once_async
-from nbcache.tokenize import value_digest
+from nbcache.functions.call_key import CallKey, CallKeyBuilder, UnhashableArgument
+from nbcache.functions.explain import entry_meta, explain, remember
+from nbcache.functions.stampede import DEFAULT_LEASE, compute_once, compute_once_async
+from nbcache.keys.digest import value_digest
+from nbcache.keys.fingerprint import code_token, function_fingerprint
+from nbcache.keys.snapshot import FingerprintMemo
+from nbcache.stores.api import NO_VALUE, NoValue
 
 log = logging.getLogger(__name__)
 

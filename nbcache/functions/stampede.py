@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from nbcache.api import ByteStore, NoValue, Stored
+from nbcache.stores.api import ByteStore, NoValue, Stored
 
 log = logging.getLogger(__name__)
 

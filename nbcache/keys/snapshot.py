@@ -1,6 +1,6 @@
 """What a function's code fingerprint depends on, re-checked in microseconds per call.
 
-:func:`nbcache.fingerprint.function_fingerprint` walks a function, its helpers and their
+:func:`nbcache.keys.fingerprint.function_fingerprint` walks a function, its helpers and their
 constants, which takes a hundred microseconds or more: too slow for every call of a cached
 function. A :class:`CodeSnapshot` records the objects that walk reads (each reachable user
 function's code, defaults and closure cells, and every global name its code mentions) and
@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbcache.exceptions import UnhashableValue
-from nbcache.fingerprint import (
+from nbcache.keys.digest import value_digest
+from nbcache.keys.fingerprint import (
     code_names,
     function_fingerprint,
     function_fingerprint_parts,
     is_user_module,
     wrapper_chain,
 )
-from nbcache.tokenize import value_digest
 
 _MISSING = object()
 _FROZEN_SCALARS = (type(None), bool, int, float, complex, str, bytes, range)

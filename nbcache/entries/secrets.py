@@ -16,7 +16,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from .exceptions import ConfigurationError
+from nbcache.exceptions import ConfigurationError
 
 log = logging.getLogger(__name__)
 

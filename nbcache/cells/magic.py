@@ -1,6 +1,6 @@
 """The IPython adapter: ``%%cache`` and ``%nbcache``, registered by ``%load_ext nbcache``.
 
-Parsing and display only; the caching itself is :func:`nbcache.cell_cache.run_cached_cell`.
+Parsing and display only; the caching itself is :func:`nbcache.cells.run.run_cached_cell`.
 Settings are traitlets of :class:`NbcacheMagics` (``%config NbcacheMagics.default_timeout =
 600``, or an IPython profile's config file) and environment variables: ``NBCACHE_URL`` (the
 cache), ``NBCACHE_SECRET`` (signing), ``NBCACHE_TIMEOUT`` (default timeout in seconds).
@@ -19,11 +19,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import Bool, Float, Unicode, default, observe
 
-from .cache import Cache
-from .cell_cache import CellOptions, run_cached_cell
-from .config import configure, get_cache
-from .exceptions import ConfigurationError
-from .session_stats import SessionStats, format_seconds, status_bundle
+from nbcache.cache import Cache
+from nbcache.cells.run import CellOptions, run_cached_cell
+from nbcache.cells.stats import SessionStats, format_seconds, status_bundle
+from nbcache.config import configure, get_cache
+from nbcache.exceptions import ConfigurationError
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _Decorator = Callable[[_F], _F]

@@ -32,7 +32,7 @@ import io
 import tokenize
 from dataclasses import dataclass
 
-from nbcache.cell_flow import CellFlow
+from nbcache.cells.flow import CellFlow
 
 
 @dataclass(frozen=True)

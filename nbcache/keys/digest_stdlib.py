@@ -1,7 +1,7 @@
 """Canonical encodings of standard-library values: times, paths, numbers, callables, code.
 
-Each handler writes a one-byte tag, then self-delimiting parts (see :mod:`nbcache.tokenize`).
-Functions digest by their code fingerprint (:mod:`nbcache.fingerprint`), so an edited function
+Each handler writes a one-byte tag, then self-delimiting parts (see :mod:`nbcache.keys.digest`).
+Functions digest by their code fingerprint (:mod:`nbcache.keys.fingerprint`), so an edited function
 passed as an argument changes the key.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nbcache.tokenize import Handler, TokenWriter
+    from nbcache.keys.digest import Handler, TokenWriter
 
 
 def _tzinfo(writer: TokenWriter, tz: datetime.tzinfo | None, moment: Any) -> None:
@@ -99,7 +99,7 @@ def _slice(writer: TokenWriter, value: slice) -> None:
 
 
 def _type(writer: TokenWriter, value: type) -> None:
-    from nbcache.tokenize import write_type
+    from nbcache.keys.digest import write_type
 
     write_type(writer, value)
 
@@ -120,7 +120,7 @@ def module_version(module: types.ModuleType) -> str | None:
 
 
 def _function(writer: TokenWriter, value: types.FunctionType) -> None:
-    from nbcache.fingerprint import function_fingerprint
+    from nbcache.keys.fingerprint import function_fingerprint
 
     writer.raw(b"U")
     writer.text(value.__module__ or "")
@@ -162,7 +162,7 @@ def _partial(writer: TokenWriter, value: functools.partial[Any]) -> None:
 
 
 def _code(writer: TokenWriter, value: types.CodeType) -> None:
-    from nbcache.fingerprint import code_token
+    from nbcache.keys.fingerprint import code_token
 
     writer.raw(b"k")
     writer.value(code_token(value))
@@ -205,7 +205,7 @@ def _singleton(tag: bytes) -> Handler:
 
 
 def install_stdlib_handlers(register: Callable[..., None]) -> None:
-    """Register this module's handlers with :func:`nbcache.tokenize.register_handler`."""
+    """Register this module's handlers with :func:`nbcache.keys.digest.register_handler`."""
     for type_, handler in (
         (datetime.datetime, _datetime),
         (datetime.date, _date),

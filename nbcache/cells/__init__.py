@@ -1,0 +1,1 @@
+"""%%cache: a notebook cell's inputs and effects from its code, its run, output and restore."""

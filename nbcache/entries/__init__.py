@@ -1,0 +1,1 @@
+"""Entries: what a cache stores: the serialized value in a signed, versioned envelope."""

@@ -1,0 +1,1 @@
+"""@cached_result: keys of calls, stampede protection and explanations of misses."""

@@ -1,0 +1,1 @@
+"""The memcached byte store: server pools, circuit breakers, the wire protocol and keys."""
