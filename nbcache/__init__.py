@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "NO_VALUE": "nbcache.stores.api",
     "Cache": "nbcache.cache",
-    "SimpleCache": "nbcache.caches",
-    "MemcachedCache": "nbcache.caches",
+    "SimpleCache": "nbcache.cache",
+    "MemcachedCache": "nbcache.cache",
     "configure": "nbcache.config",
     "get_cache": "nbcache.config",
     "NbcacheError": "nbcache.exceptions",
@@ -29,8 +29,8 @@ __all__ = [*sorted(_EXPORTS), "load_ipython_extension"]
 
 if TYPE_CHECKING:
     from nbcache.cache import Cache as Cache
-    from nbcache.caches import MemcachedCache as MemcachedCache
-    from nbcache.caches import SimpleCache as SimpleCache
+    from nbcache.cache import MemcachedCache as MemcachedCache
+    from nbcache.cache import SimpleCache as SimpleCache
     from nbcache.config import configure as configure
     from nbcache.config import get_cache as get_cache
     from nbcache.exceptions import ConfigurationError as ConfigurationError

@@ -1,29 +1,29 @@
-"""The cache front-end: the Flask/cachelib contract over an envelope and a byte store.
+"""The caches users hold: the Flask/cachelib contract, in process or on memcached.
 
 ``get`` returns None on a miss, like every Flask-style cache; :meth:`Cache.get_entry` returns
-:data:`~nbcache.stores.api.NO_VALUE` instead, with the entry's metadata, for callers to
-whom ``None`` is a real result. Faults of the store never raise from here: a read becomes a
-miss and a write returns False, and the store (or this class, for faults it does not know)
-logs one warning.
+:data:`~nbcache.NO_VALUE` instead, with the entry's metadata, for callers to whom ``None`` is
+a real result. Faults of the store never raise from here: a read becomes a miss and a write
+returns False, and the store (or the entry layer, for faults it does not know) logs one
+warning. The work is done by an :class:`~nbcache.entries.entry_store.EntryStore`
+(``cache.entries``), which nbcache's decorator and cell magic use directly.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import time
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from nbcache.entries.entry_store import DEFAULT_TIMEOUT, EntryStore
 from nbcache.entries.envelope import Entry, Envelope
-from nbcache.exceptions import EntryRefused, StoreFault
-from nbcache.stores.api import NO_VALUE, ByteStore, NoValue
+from nbcache.exceptions import ConfigurationError
+from nbcache.stores.api import ByteStore, NoValue
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import ssl
 
-DEFAULT_TIMEOUT = 300
-_T = TypeVar("_T")
-_CAS_ATTEMPTS = 100
+    from nbcache.entries.secrets import SecretSpec
+
+__all__ = ["DEFAULT_TIMEOUT", "Cache", "MemcachedCache", "SimpleCache"]
 
 
 class Cache:
@@ -41,124 +41,67 @@ class Cache:
         default_timeout: float = DEFAULT_TIMEOUT,
         name: str = "cache",
     ) -> None:
-        self.store = store
-        self.envelope = envelope or Envelope()
-        self.default_timeout = default_timeout
-        self.name = name
+        self.entries = EntryStore(store, envelope, default_timeout, name)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
-    # -- reads ----------------------------------------------------------------------------
+    @property
+    def store(self) -> ByteStore:
+        """The byte store the entries live in."""
+        return self.entries.store
 
-    def get_entry(self, key: str) -> Entry | NoValue:
-        """The entry under ``key`` with its metadata, or NO_VALUE on a miss (or refusal)."""
-        raw = self._store_call(self.store.get, NO_VALUE, key)
-        return self._open(key, raw)
+    @property
+    def name(self) -> str:
+        """A short name for messages: ``"memory"``, ``"memcached"``."""
+        return self.entries.name
+
+    @property
+    def default_timeout(self) -> float:
+        """Seconds an entry lives when ``timeout`` is None."""
+        return self.entries.default_timeout
+
+    @default_timeout.setter
+    def default_timeout(self, seconds: float) -> None:
+        self.entries.default_timeout = seconds
+
+    # -- reads ----------------------------------------------------------------------------
 
     def get(self, key: str) -> Any:
         """The value under ``key``, or None on a miss."""
-        entry = self.get_entry(key)
+        entry = self.entries.get(key)
         return None if isinstance(entry, NoValue) else entry.value
+
+    def get_entry(self, key: str) -> Entry | NoValue:
+        """The entry under ``key`` with its metadata, or NO_VALUE on a miss (or refusal)."""
+        return self.entries.get(key)
 
     def has(self, key: str) -> bool:
         """True if ``key`` holds a live, trusted entry (even one whose value is None)."""
-        raw = self._store_call(self.store.get, NO_VALUE, key)
-        if isinstance(raw, NoValue):
-            return False
-        try:
-            header, _ = self.envelope.open_header(key, raw)
-        except EntryRefused as refusal:
-            _warn_refused(key, refusal)
-            return False
-        return not _expired(header.expires)
+        return self.entries.has(key)
 
     def get_many(self, *keys: str) -> list[Any]:
         """Values in the order of ``keys``, None for each miss; one store round trip."""
-        raws = self._store_call(self.store.get_many, [NO_VALUE] * len(keys), list(keys))
-        entries = [self._open(key, raw) for key, raw in zip(keys, raws, strict=True)]
+        entries = self.entries.get_many(keys)
         return [None if isinstance(e, NoValue) else e.value for e in entries]
-
-    def get_entries(self, *keys: str) -> list[Entry | NoValue]:
-        """Entries in the order of ``keys``, NO_VALUE for each miss; one store round trip."""
-        raws = self._store_call(self.store.get_many, [NO_VALUE] * len(keys), list(keys))
-        return [self._open(key, raw) for key, raw in zip(keys, raws, strict=True)]
 
     def get_dict(self, *keys: str) -> dict[str, Any]:
         """``{key: value}`` for ``keys``, None for each miss."""
         return dict(zip(keys, self.get_many(*keys), strict=True))
 
-    def get_token_and_entries(
-        self, token_key: str, *keys: str
-    ) -> tuple[str | None, list[Entry | NoValue]]:
-        """The token under ``token_key`` (see :meth:`set_token`) and the entries; one round trip.
-
-        The token is None if missing, or if what is there is not a token (planted, corrupt).
-        """
-        raws = self._store_call(
-            self.store.get_many, [NO_VALUE] * (len(keys) + 1), [token_key, *keys]
-        )
-        entries = [self._open(key, raw) for key, raw in zip(keys, raws[1:], strict=True)]
-        return _token(raws[0]), entries
-
     # -- writes ---------------------------------------------------------------------------
 
-    def set(
-        self,
-        key: str,
-        value: Any,
-        timeout: float | None = None,
-        *,
-        duration: float | None = None,
-        meta: dict[str, Any] | None = None,
-        tag: str = "",
-    ) -> bool:
+    def set(self, key: str, value: Any, timeout: float | None = None) -> bool:
         """Store ``value``; True if stored.
 
-        ``duration`` (seconds the value took to compute), ``meta`` (JSON-able) and ``tag`` (a
-        short string readers check cheaply) travel in the entry's header. Raises
-        :class:`~nbcache.exceptions.UnpicklableValueError` if the value cannot be serialized;
-        nothing is stored then and an older value is left as it was.
+        Raises :class:`~nbcache.exceptions.UnpicklableValueError` if the value cannot be
+        serialized; nothing is stored then and an older value is left as it was.
         """
-        ttl = self._ttl(timeout)
-        if ttl is not None and ttl < 0:
-            self.delete(key)
-            return True
-        frames = self.envelope.seal(key, value, _expires(ttl), duration, meta, tag)
-        return bool(self._store_call(self.store.set, False, key, frames, ttl))
+        return self.entries.set(key, value, timeout)
 
     def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
         """Store ``value`` only if ``key`` holds no live entry; True if it did not."""
-        ttl = self._ttl(timeout)
-        if ttl is not None and ttl < 0:
-            return not self.has(key)
-        frames = self.envelope.seal(key, value, _expires(ttl))
-        if self._store_call(self.store.add, False, key, frames, ttl):
-            return True
-        # Something is there; it may be an entry we must not trust or an expired one.
-        for _ in range(_CAS_ATTEMPTS):
-            raw, token = self._store_call(self.store.gets, (NO_VALUE, None), key)
-            if isinstance(raw, NoValue) or token is None:
-                return bool(self._store_call(self.store.add, False, key, frames, ttl))
-            if self._live_header(key, raw):
-                return False
-            if self._store_call(self.store.cas, False, key, frames, ttl, token):
-                return True
-        return False
-
-    def set_token(self, key: str, token: str) -> bool:
-        """Store a token (1 to 64 lowercase hex digits) under ``key``, never expiring.
-
-        Tokens are small random markers (a function's generation) kept as raw bytes, outside
-        the envelope: cheap to read next to an entry. They are not signed, so a token may only
-        ever *select* entries whose own signed header names it: a forged one turns hits into
-        misses, never a wrong value into a hit.
-        """
-        return bool(self._store_call(self.store.set, False, key, [_token_bytes(token)], None))
-
-    def add_token(self, key: str, token: str) -> bool:
-        """Store a token under ``key`` only if nothing is there; True if it was stored."""
-        return bool(self._store_call(self.store.add, False, key, [_token_bytes(token)], None))
+        return self.entries.add(key, value, timeout)
 
     def set_many(self, mapping: Mapping[str, Any], timeout: float | None = None) -> list[str]:
         """Store every item; the keys that were stored."""
@@ -166,7 +109,7 @@ class Cache:
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if something was removed."""
-        return bool(self._store_call(self.store.delete, False, key))
+        return self.entries.delete(key)
 
     def delete_many(self, *keys: str) -> list[str]:
         """Remove every key; the keys that were removed."""
@@ -174,120 +117,135 @@ class Cache:
 
     def clear(self) -> bool:
         """Forget every entry of this cache (only of this cache: a shared server keeps others)."""
-        return bool(self._store_call(self.store.clear, False))
+        return self.entries.clear()
 
     def inc(self, key: str, delta: int = 1) -> int | None:
         """Add ``delta`` to the integer under ``key`` (a missing key counts as 0), atomically.
 
         Returns the new value, or None if the store failed or the value is not an integer.
         """
-        try:
-            for _ in range(_CAS_ATTEMPTS):
-                raw, token = self.store.gets(key)
-                entry = self._open(key, raw)
-                if isinstance(entry, NoValue):
-                    new, expires = delta, _expires(self._ttl(None))
-                elif isinstance(entry.value, bool) or not isinstance(entry.value, int):
-                    log.warning("nbcache: cannot inc %r: it holds a %s", key, type(entry.value))
-                    return None
-                else:
-                    new, expires = entry.value + delta, entry.expires
-                ttl = None if expires is None else max(expires - time.time(), 0.001)
-                frames = self.envelope.seal(key, new, expires)
-                if token is None:
-                    stored = self.store.add(key, frames, ttl)
-                else:
-                    stored = self.store.cas(key, frames, ttl, token)
-                if stored:
-                    return new
-        except StoreFault as fault:
-            log.debug("nbcache: inc failed on %s: %s", self.name, fault)
-            return None
-        log.warning("nbcache: gave up incrementing %r after %d contested tries", key, _CAS_ATTEMPTS)
-        return None
+        return self.entries.inc(key, delta)
 
     def dec(self, key: str, delta: int = 1) -> int | None:
         """Subtract ``delta`` from the integer under ``key``; see :meth:`inc`."""
-        return self.inc(key, -delta)
+        return self.entries.inc(key, -delta)
 
-    # -- internals ------------------------------------------------------------------------
 
-    def _ttl(self, timeout: float | None) -> float | None:
-        """Seconds to live, None for never; negative means already expired."""
-        if timeout is None:
-            timeout = self.default_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
-            raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-        if timeout == 0:
-            return None
-        return float(timeout)
+class SimpleCache(Cache):
+    """An in-process cache: no server, thread-safe, bounded by entries and optionally bytes.
 
-    def _open(self, key: str, raw: Any) -> Entry | NoValue:
-        if isinstance(raw, NoValue):
-            return NO_VALUE
-        try:
-            entry = self.envelope.open(key, raw)
-        except EntryRefused as refusal:
-            _warn_refused(key, refusal)
-            return NO_VALUE
-        if _expired(entry.expires):
-            return NO_VALUE
-        return entry
+    Args:
+        threshold: the most entries kept; past it, expired entries are dropped first, then
+            the least recently used.
+        default_timeout: seconds an entry lives when ``set`` is given no timeout (0: until
+            dropped).
+        max_bytes: the most bytes of stored values kept (None: no byte bound), dropped in the
+            same order; a single value larger than this is not stored.
 
-    def _live_header(self, key: str, raw: Any) -> bool:
-        try:
-            header, _ = self.envelope.open_header(key, raw)
-        except EntryRefused:
-            return False
-        return not _expired(header.expires)
+    Entries are not signed: nothing outside this process writes here.
+    """
 
-    def _store_call(self, method: Callable[..., _T], on_fault: Any, *args: Any) -> _T:
-        try:
-            return method(*args)
-        except StoreFault as fault:
-            log.debug("nbcache: %s failed on %s: %s", method.__name__, self.name, fault)
-            return cast(_T, on_fault)
-        except NotImplementedError:
-            raise
-        except Exception as fault:  # a store bug or an unforeseen fault must not break the caller
-            log.warning(
-                "nbcache: %s on %s failed (%s: %s); treating it as a miss",
-                method.__name__,
-                self.name,
-                type(fault).__name__,
-                fault,
+    def __init__(
+        self,
+        threshold: int = 500,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        max_bytes: int | None = None,
+    ) -> None:
+        from nbcache.stores.memory import MemoryStore
+
+        super().__init__(
+            MemoryStore(threshold=threshold, max_bytes=max_bytes),
+            Envelope(signer=None),
+            default_timeout=default_timeout,
+            name="memory",
+        )
+
+
+class MemcachedCache(Cache):
+    """A cache on one or more memcached servers, shared by every kernel that can reach them.
+
+    Args:
+        servers: ``"HOST:PORT"`` strings, or one string of them separated by commas. Keys
+            spread over them by consistent hashing; a dead server costs only its own keys.
+        default_timeout: seconds an entry lives when ``set`` is given no timeout (0: until
+            evicted).
+        key_prefix: the namespace (default ``"nbcache"``): ``clear()`` forgets this
+            namespace's entries only, and caches with different prefixes never meet.
+        secret: the signing secret(s): a string, bytes, or a list whose first item signs and
+            every item verifies (rotation). None: ``NBCACHE_SECRET``, else this user's
+            generated secret. An entry that does not verify is never unpickled.
+        connect_timeout: seconds to wait for a connection to a server.
+        timeout: seconds a server may take to answer one operation; a server that is down or
+            hung costs at most this (then milliseconds while it stays down), never an
+            exception.
+        compress: zlib-compress values that shrink by 10 % or more (others are stored as they
+            are); it pays on slow links, not on loopback or a fast LAN.
+        tls_context: an :class:`ssl.SSLContext` to speak TLS to servers started with TLS on.
+
+    Values larger than the server's item limit are chunked.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[str] | str = ("127.0.0.1:11211",),
+        default_timeout: float = DEFAULT_TIMEOUT,
+        key_prefix: str | None = None,
+        *,
+        secret: SecretSpec = None,
+        connect_timeout: float = 0.5,
+        timeout: float = 2.0,
+        compress: bool = False,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        from nbcache.entries.secrets import resolve_secrets
+        from nbcache.entries.signing import Signer
+        from nbcache.stores.chunked import ChunkedStore
+        from nbcache.stores.memcached.store import MemcachedStore
+        from nbcache.stores.namespace import NamespacedStore
+
+        self.servers = server_list(servers)
+        self.key_prefix = key_prefix or "nbcache"
+        raw = MemcachedStore(
+            self.servers,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            tls_context=tls_context,
+        )
+        store: ByteStore = NamespacedStore(ChunkedStore(raw), self.key_prefix)
+        if compress:
+            from nbcache.stores.compressed import CompressedStore
+
+            store = CompressedStore(store)
+        super().__init__(
+            store,
+            Envelope(Signer(resolve_secrets(secret)), context=self.key_prefix),
+            default_timeout=default_timeout,
+            name="memcached",
+        )
+
+    def __repr__(self) -> str:
+        return f"<MemcachedCache {','.join(self.servers)} prefix={self.key_prefix!r}>"
+
+
+def server_list(servers: Sequence[str] | str) -> list[str]:
+    """``"HOST:PORT"`` specs from a sequence of them or one comma-separated string.
+
+    Raises :class:`~nbcache.exceptions.ConfigurationError` naming a spec that is not
+    ``HOST:PORT`` (a comma inside one spec included).
+    """
+    specs = servers.split(",") if isinstance(servers, str) else list(servers)
+    result = []
+    for spec in specs:
+        if not isinstance(spec, str):
+            raise ConfigurationError(f"a memcached server is a 'HOST:PORT' string, not {spec!r}")
+        spec = spec.strip()
+        host, _, port = spec.rpartition(":")
+        if not host or not port.isdigit() or "," in spec:
+            raise ConfigurationError(
+                f"memcached server {spec!r} is not HOST:PORT, e.g. 127.0.0.1:11211 (give "
+                "several as a list, or as one string separated by commas)"
             )
-            return cast(_T, on_fault)
-
-
-_TOKEN_DIGITS = frozenset(b"0123456789abcdef")
-
-
-def _token_bytes(token: str) -> bytes:
-    raw = token.encode("ascii")
-    if not 0 < len(raw) <= 64 or not _TOKEN_DIGITS.issuperset(raw):
-        raise ValueError(f"a token is 1 to 64 lowercase hex digits, not {token!r}")
-    return raw
-
-
-def _token(raw: Any) -> str | None:
-    """The token a store read found, or None for a miss or anything that is not a token."""
-    if isinstance(raw, NoValue):
-        return None
-    view = memoryview(raw)
-    if not 0 < view.nbytes <= 64:
-        return None
-    data = view.tobytes()
-    return data.decode("ascii") if _TOKEN_DIGITS.issuperset(data) else None
-
-
-def _expires(ttl: float | None) -> float | None:
-    return None if ttl is None else time.time() + ttl
-
-
-def _expired(expires: float | None) -> bool:
-    return expires is not None and expires <= time.time()
-
-
-def _warn_refused(key: str, refusal: EntryRefused) -> None:
-    log.warning("nbcache: ignored the entry under %r: %s", key, refusal.reason)
+        result.append(spec)
+    if not result:
+        raise ConfigurationError("no memcached server given; e.g. ['127.0.0.1:11211']")
+    return result

@@ -18,7 +18,7 @@ import os
 import threading
 from urllib.parse import parse_qsl, urlsplit
 
-from nbcache.cache import Cache
+from nbcache.cache import Cache, MemcachedCache, SimpleCache
 from nbcache.exceptions import ConfigurationError
 
 ENV_VAR = "NBCACHE_URL"
@@ -62,23 +62,13 @@ def cache_from(spec: Cache | str) -> Cache:
     parts = urlsplit(spec.strip())
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     if parts.scheme == "simple":
-        from nbcache.caches import SimpleCache
-
         return SimpleCache(**_typed(spec, options, _SIMPLE_OPTIONS))  # type: ignore[arg-type]
     if parts.scheme == "memcached":
-        from nbcache.caches import MemcachedCache
-
-        servers = [server.strip() for server in parts.netloc.split(",") if server.strip()]
-        if not servers:
+        if not parts.netloc.strip(" ,"):
             raise ConfigurationError(
                 f"no server in {spec!r}; write memcached://HOST:PORT[,HOST:PORT...]"
             )
-        for server in servers:
-            host, _, port = server.rpartition(":")
-            if not host or not port.isdigit():
-                raise ConfigurationError(
-                    f"server {server!r} in {spec!r} is not HOST:PORT, e.g. 127.0.0.1:11211"
-                )
+        servers = [server for server in parts.netloc.split(",") if server.strip()]
         return MemcachedCache(servers, **_typed(spec, options, _MEMCACHED_OPTIONS))  # type: ignore[arg-type]
     raise ConfigurationError(
         f"unknown cache URL {spec!r}: use simple:// or memcached://HOST:PORT[,HOST:PORT...]"

@@ -139,7 +139,7 @@ def test_negative_timeout_replaces_an_older_value(cache: Cache) -> None:
 
 def test_entry_metadata(cache: Cache) -> None:
     before = time.time()
-    cache.set("k", 1, timeout=60, duration=2.5, meta={"why": "test"})
+    cache.entries.set("k", 1, timeout=60, duration=2.5, meta={"why": "test"})
     entry = cache.get_entry("k")
     assert not isinstance(entry, type(None))
     assert entry.value == 1  # type: ignore[union-attr]

@@ -191,7 +191,7 @@ def test_a_forged_generation_token_never_makes_an_older_result_hit(
     f, calls = counting(cache)
     f(1)
     generation_key = f.cache_key(1).rsplit(":", 1)[0] + "#generation-token"
-    assert cache.set_token(generation_key, "0123456789abcdef")
+    assert cache.entries.set_token(generation_key, "0123456789abcdef")
     assert f(1) == (1, 2, 3)
     assert len(calls) == 2  # no entry names the forged token
     assert f(1) == (1, 2, 3) and len(calls) == 2

@@ -287,5 +287,5 @@ def test_at_the_cache_level_a_tampered_entry_is_a_miss_with_a_warning(
 
 def test_simple_cache_needs_no_signature() -> None:
     cache = SimpleCache()
-    assert cache.envelope.signer is None
+    assert cache.entries.envelope.signer is None
     assert cache.set("key", {"x": 1}) and cache.get("key") == {"x": 1}

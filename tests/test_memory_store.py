@@ -75,7 +75,7 @@ def test_eviction_closes_the_file_and_readers_keep_their_arrays() -> None:
 
     store = MemoryStore(threshold=1)
     cache = SimpleCache()
-    cache.store = store
+    cache.entries.store = store
     array = big_array(2)
     before = open_fds()
     assert cache.set("a", array)

@@ -293,7 +293,7 @@ def _store(
     }
     meta = {"cell": options.name, "bound": sorted(bound)}
     try:
-        cache.set(plan.key, payload, options.timeout, duration=duration, meta=meta)
+        cache.entries.set(plan.key, payload, options.timeout, duration=duration, meta=meta)
     except UnpicklableValueError as error:
         log.warning(
             "nbcache: %s ran, but nothing was stored: %s cannot be pickled (%s)",

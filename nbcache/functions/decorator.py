@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -277,7 +276,9 @@ class CachedFunction:
     def _read(self, cache: Cache, call: CallKey) -> _Hit | NoValue:
         # The generation is a raw token read in the same round trip: only the entry is
         # opened (and MAC-checked), and its signed tag must name the current generation.
-        generation, (entry,) = cache.get_token_and_entries(self.keys.generation_key, call.key)
+        generation, (entry,) = cache.entries.get_token_and_entries(
+            self.keys.generation_key, [call.key]
+        )
         if isinstance(entry, NoValue) or generation is None or entry.tag != generation:
             return NO_VALUE
         return _Hit(entry.value, entry.duration)
@@ -304,11 +305,13 @@ class CachedFunction:
 
     def _store(self, cache: Cache, call: CallKey, value: Any, duration: float) -> None:
         try:
-            generation = self._generation(cache)
+            generation = cache.entries.current_token(self.keys.generation_key)
             if generation is None:
                 return
             meta = self._meta(call, generation)
-            cache.set(call.key, value, self.timeout, duration=duration, meta=meta, tag=generation)
+            cache.entries.set(
+                call.key, value, self.timeout, duration=duration, meta=meta, tag=generation
+            )
         except UnpicklableValueError as problem:
             self._warn_once(
                 ("result", problem.type_name),
@@ -332,22 +335,6 @@ class CachedFunction:
             cache.set(self.keys.records_key, updated, 0)
         except Exception as problem:  # explanations are a convenience
             log.debug("nbcache: could not record %s()'s entry: %r", self.name, problem)
-
-    def _generation(self, cache: Cache) -> str | None:
-        """The function's current generation token, created if it has none."""
-        key = self.keys.generation_key
-        add_failed = False
-        for _ in range(3):
-            current = cache.get_token_and_entries(key)[0]
-            if current is not None:
-                return current
-            fresh = os.urandom(8).hex()
-            if add_failed:
-                # Something that is not a token is there (planted, corrupt): replace it.
-                return fresh if cache.set_token(key, fresh) else None
-            # Read back what won: another kernel may have added at once.
-            add_failed = not cache.add_token(key, fresh)
-        return None
 
     def _meta(self, call: CallKey, generation: str) -> dict[str, Any]:
         func = self.func
@@ -377,7 +364,7 @@ class CachedFunction:
 
     def cache_clear(self) -> bool:
         """Forget every entry of this function, for every kernel sharing the cache, in O(1)."""
-        return self.cache().set_token(self.keys.generation_key, os.urandom(8).hex())
+        return self.cache().entries.new_token(self.keys.generation_key)
 
     def cache_info(self) -> CacheInfo:
         """Hits, misses and seconds saved by hits, in this process."""
@@ -390,8 +377,8 @@ class CachedFunction:
         return self._explain(self.cache(), call)
 
     def _explain(self, cache: Cache, call: CallKey) -> str:
-        generation, (entry, records) = cache.get_token_and_entries(
-            self.keys.generation_key, call.key, self.keys.records_key
+        generation, (entry, records) = cache.entries.get_token_and_entries(
+            self.keys.generation_key, [call.key, self.keys.records_key]
         )
         return explain(
             call,

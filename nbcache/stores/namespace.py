@@ -27,13 +27,11 @@ from collections.abc import Sequence
 
 from nbcache.exceptions import StoreFault
 from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue
+from nbcache.stores.tokens import create_or_read_token
 
 ReadValue = bytes | bytearray | memoryview
 
 GENERATION_BYTES = 8
-#: Attempts to create-or-read the generation before a write gives up (each is a round trip;
-#: more than one is needed only if the key is evicted again between ``add`` and ``get``).
-_GENERATION_ATTEMPTS = 3
 
 
 class NamespacedStore:
@@ -130,27 +128,17 @@ class NamespacedStore:
 
     def current_generation(self) -> bytes | None:
         """The generation new writes go under, created if missing; None if it cannot be had."""
-        for _ in range(_GENERATION_ATTEMPTS):
-            try:
-                raw = self.inner.get(self.generation_key)
-            except StoreFault:
-                if self._last_seen is None:
-                    raise
-                return self._last_seen
-            current = self._token(raw)
-            if current is not None:
-                return current
-            fresh = os.urandom(GENERATION_BYTES)
-            if isinstance(raw, NoValue):
-                if self.inner.add(self.generation_key, [fresh], None):
-                    self._last_seen = fresh
-                    return fresh
-                continue  # another writer created it first: read theirs
-            # Something that is not a token: replace it (entries under it are lost anyway).
-            if self.inner.set(self.generation_key, [fresh], None):
-                self._last_seen = fresh
-                return fresh
-        return None
+        try:
+            current = create_or_read_token(
+                self.inner, self.generation_key, self._token, lambda: os.urandom(GENERATION_BYTES)
+            )
+        except StoreFault:
+            if self._last_seen is None:
+                raise
+            return self._last_seen
+        if current is not None:
+            self._last_seen = current
+        return current
 
     def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         generation = self.current_generation()

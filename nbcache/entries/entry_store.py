@@ -1,0 +1,275 @@
+"""Entries in a byte store: the engine under the public :class:`~nbcache.cache.Cache`.
+
+An :class:`EntryStore` seals values into envelopes, hands the frames to a
+:class:`~nbcache.stores.api.ByteStore` and opens what comes back, turning refusals, expired
+entries and store faults into misses. The public ``Cache`` is a thin front over it with the
+Flask/cachelib contract; nbcache's own front doors (``@cached_result``, ``%%cache``) use it
+directly for what users never need: entry metadata (``duration``, ``meta``, ``tag``) and raw
+*tokens* (a function's generation) read in the same round trip as its entries.
+
+``timeout`` here has the contract's meaning: None means ``default_timeout``, 0 never expires,
+a negative number means already expired.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+
+from nbcache.entries.envelope import Entry, Envelope
+from nbcache.exceptions import EntryRefused, StoreFault
+from nbcache.stores.api import NO_VALUE, ByteStore, NoValue, Stored
+from nbcache.stores.tokens import create_or_read_token
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 300
+_T = TypeVar("_T")
+_CAS_ATTEMPTS = 100
+_TOKEN_DIGITS = frozenset(b"0123456789abcdef")
+
+
+class EntryStore:
+    """Python values in signed, versioned envelopes under string keys of a byte store."""
+
+    def __init__(
+        self,
+        store: ByteStore,
+        envelope: Envelope | None = None,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        name: str = "cache",
+    ) -> None:
+        self.store = store
+        self.envelope = envelope or Envelope()
+        self.default_timeout = default_timeout
+        self.name = name
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | NoValue:
+        """The live entry under ``key``, or NO_VALUE on a miss, a refusal or a fault."""
+        return self.open(key, self.call(self.store.get, NO_VALUE, key))
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | NoValue]:
+        """Entries in the order of ``keys``, NO_VALUE for each miss; one store round trip."""
+        raws = self.call(self.store.get_many, [NO_VALUE] * len(keys), list(keys))
+        return [self.open(key, raw) for key, raw in zip(keys, raws, strict=True)]
+
+    def get_token_and_entries(
+        self, token_key: str, keys: Sequence[str]
+    ) -> tuple[str | None, list[Entry | NoValue]]:
+        """The token under ``token_key`` (see :meth:`set_token`) and the entries; one round trip.
+
+        The token is None if missing, or if what is there is not a token (planted, corrupt).
+        """
+        raws = self.call(self.store.get_many, [NO_VALUE] * (len(keys) + 1), [token_key, *keys])
+        entries = [self.open(key, raw) for key, raw in zip(keys, raws[1:], strict=True)]
+        return token_from(raws[0]), entries
+
+    def has(self, key: str) -> bool:
+        """True if ``key`` holds a live, trusted entry (even one whose value is None)."""
+        raw = self.call(self.store.get, NO_VALUE, key)
+        return not isinstance(raw, NoValue) and self._live_header(key, raw, warn=True)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def set(
+        self,
+        key: str,
+        value: Any,
+        timeout: float | None = None,
+        *,
+        duration: float | None = None,
+        meta: dict[str, Any] | None = None,
+        tag: str = "",
+    ) -> bool:
+        """Store ``value``; True if stored.
+
+        ``duration`` (seconds the value took to compute), ``meta`` (JSON-able) and ``tag`` (a
+        short string readers check cheaply) travel in the entry's header. Raises
+        :class:`~nbcache.exceptions.UnpicklableValueError` if the value cannot be serialized;
+        nothing is stored then and an older value is left as it was.
+        """
+        ttl = self.ttl(timeout)
+        if ttl is not None and ttl < 0:
+            self.delete(key)
+            return True
+        frames = self.envelope.seal(key, value, _expires(ttl), duration, meta, tag)
+        return bool(self.call(self.store.set, False, key, frames, ttl))
+
+    def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` holds no live entry; True if it did not."""
+        ttl = self.ttl(timeout)
+        if ttl is not None and ttl < 0:
+            return not self.has(key)
+        frames = self.envelope.seal(key, value, _expires(ttl))
+        if self.call(self.store.add, False, key, frames, ttl):
+            return True
+        # Something is there; it may be an entry we must not trust or an expired one.
+        for _ in range(_CAS_ATTEMPTS):
+            raw, token = self.call(self.store.gets, (NO_VALUE, None), key)
+            if isinstance(raw, NoValue) or token is None:
+                return bool(self.call(self.store.add, False, key, frames, ttl))
+            if self._live_header(key, raw, warn=False):
+                return False
+            if self.call(self.store.cas, False, key, frames, ttl, token):
+                return True
+        return False
+
+    def inc(self, key: str, delta: int) -> int | None:
+        """Add ``delta`` to the integer under ``key`` (missing counts as 0), atomically.
+
+        Returns the new value, or None if the store failed or the value is not an integer.
+        """
+        try:
+            for _ in range(_CAS_ATTEMPTS):
+                raw, token = self.store.gets(key)
+                entry = self.open(key, raw)
+                if isinstance(entry, NoValue):
+                    new, expires = delta, _expires(self.ttl(None))
+                elif isinstance(entry.value, bool) or not isinstance(entry.value, int):
+                    log.warning("nbcache: cannot inc %r: it holds a %s", key, type(entry.value))
+                    return None
+                else:
+                    new, expires = entry.value + delta, entry.expires
+                ttl = None if expires is None else max(expires - time.time(), 0.001)
+                frames = self.envelope.seal(key, new, expires)
+                if token is None:
+                    stored = self.store.add(key, frames, ttl)
+                else:
+                    stored = self.store.cas(key, frames, ttl, token)
+                if stored:
+                    return new
+        except StoreFault as fault:
+            log.debug("nbcache: inc failed on %s: %s", self.name, fault)
+            return None
+        log.warning("nbcache: gave up incrementing %r after %d contested tries", key, _CAS_ATTEMPTS)
+        return None
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True if something was removed."""
+        return bool(self.call(self.store.delete, False, key))
+
+    def clear(self) -> bool:
+        """Forget every entry of this store's namespace (a shared server keeps the others)."""
+        return bool(self.call(self.store.clear, False))
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def set_token(self, key: str, token: str) -> bool:
+        """Store a token (1 to 64 lowercase hex digits) under ``key``, never expiring.
+
+        Tokens are small random markers (a function's generation) kept as raw bytes, outside
+        the envelope: cheap to read next to an entry. They are not signed, so a token may only
+        ever *select* entries whose own signed header names it: a forged one turns hits into
+        misses, never a wrong value into a hit.
+        """
+        return bool(self.call(self.store.set, False, key, [token_bytes(token)], None))
+
+    def new_token(self, key: str) -> bool:
+        """Replace the token under ``key`` by a fresh random one; True if stored."""
+        return self.set_token(key, os.urandom(8).hex())
+
+    def current_token(self, key: str) -> str | None:
+        """The token under ``key``, created if there is none; None if the store fails."""
+        try:
+            raw = create_or_read_token(
+                self.store, key, _token_raw, lambda: os.urandom(8).hex().encode("ascii")
+            )
+        except StoreFault as fault:
+            log.debug("nbcache: no token %r on %s: %s", key, self.name, fault)
+            return None
+        return None if raw is None else raw.decode("ascii")
+
+    # -- internals ------------------------------------------------------------------------
+
+    def ttl(self, timeout: float | None) -> float | None:
+        """Seconds to live for ``timeout``, None for never; negative means already expired."""
+        if timeout is None:
+            timeout = self.default_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
+            raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+        if timeout == 0:
+            return None
+        return float(timeout)
+
+    def open(self, key: str, raw: Any) -> Entry | NoValue:
+        """The live, trusted entry in ``raw`` (read under ``key``), or NO_VALUE."""
+        if isinstance(raw, NoValue):
+            return NO_VALUE
+        try:
+            entry = self.envelope.open(key, raw)
+        except EntryRefused as refusal:
+            _warn_refused(key, refusal)
+            return NO_VALUE
+        if _expired(entry.expires):
+            return NO_VALUE
+        return entry
+
+    def _live_header(self, key: str, raw: Any, *, warn: bool) -> bool:
+        try:
+            header, _ = self.envelope.open_header(key, raw)
+        except EntryRefused as refusal:
+            if warn:
+                _warn_refused(key, refusal)
+            return False
+        return not _expired(header.expires)
+
+    def call(self, method: Callable[..., _T], on_fault: Any, *args: Any) -> _T:
+        """``method(*args)``, or ``on_fault`` if the store fails (never an exception)."""
+        try:
+            return method(*args)
+        except StoreFault as fault:
+            log.debug("nbcache: %s failed on %s: %s", method.__name__, self.name, fault)
+            return cast(_T, on_fault)
+        except NotImplementedError:
+            raise
+        except Exception as fault:  # a store bug or an unforeseen fault must not break the caller
+            log.warning(
+                "nbcache: %s on %s failed (%s: %s); treating it as a miss",
+                method.__name__,
+                self.name,
+                type(fault).__name__,
+                fault,
+            )
+            return cast(_T, on_fault)
+
+
+def token_bytes(token: str) -> bytes:
+    """The stored form of a token; ``ValueError`` if it is not 1 to 64 lowercase hex digits."""
+    raw = token.encode("ascii")
+    if not 0 < len(raw) <= 64 or not _TOKEN_DIGITS.issuperset(raw):
+        raise ValueError(f"a token is 1 to 64 lowercase hex digits, not {token!r}")
+    return raw
+
+
+def token_from(raw: Stored | NoValue) -> str | None:
+    """The token a store read found, or None for a miss or anything that is not a token."""
+    data = _token_raw(raw)
+    return None if data is None else data.decode("ascii")
+
+
+def _token_raw(raw: Stored | NoValue) -> bytes | None:
+    if isinstance(raw, NoValue):
+        return None
+    view = memoryview(raw)
+    if not 0 < view.nbytes <= 64:
+        return None
+    data = view.tobytes()
+    return data if _TOKEN_DIGITS.issuperset(data) else None
+
+
+def _expires(ttl: float | None) -> float | None:
+    return None if ttl is None else time.time() + ttl
+
+
+def _expired(expires: float | None) -> bool:
+    return expires is not None and expires <= time.time()
+
+
+def _warn_refused(key: str, refusal: EntryRefused) -> None:
+    log.warning("nbcache: ignored the entry under %r: %s", key, refusal.reason)
