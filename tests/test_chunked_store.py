@@ -21,8 +21,8 @@ import pytest
 from memcached_server import MemcachedServer
 
 from nbcache.exceptions import StoreFault
-from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, join
-from nbcache.stores.chunked import CHUNK_TTL_MARGIN, ITEM_OVERHEAD, ChunkedStore
+from nbcache.stores.api import ITEM_OVERHEAD, NO_VALUE, Buffer, ByteStore, CasToken, NoValue, join
+from nbcache.stores.chunked import CHUNK_TTL_MARGIN, ChunkedStore
 from nbcache.stores.memcached.store import MemcachedStore
 
 Read: TypeAlias = bytes | bytearray | memoryview | NoValue

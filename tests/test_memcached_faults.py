@@ -20,7 +20,7 @@ from nbcache.stores.memcached.store import MemcachedStore
 
 pytestmark = pytest.mark.memcached
 
-LOGGER = "nbcache.stores.memcached.store"
+LOGGER = "nbcache.stores.memcached"  # the store and its server pools
 COOLDOWN = 0.3  # short breaker cool-down so recovery tests stay fast
 
 
@@ -46,11 +46,19 @@ def make_store() -> Iterator[Callable[..., MemcachedStore]]:
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelname == "WARNING"]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith(LOGGER) and r.levelname == "WARNING"
+    ]
 
 
 def infos_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelname == "INFO"]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith(LOGGER) and r.levelname == "INFO"
+    ]
 
 
 def wait_until_served(store: MemcachedStore, key: str, within: float) -> float:
@@ -148,7 +156,7 @@ def test_restarted_server_is_used_again_by_the_same_store(
     assert store.set("k", [b"new"], None)
     assert store.get("k") == b"new"
     assert len(warnings_of(caplog)) == 1
-    assert infos_of(caplog) == [f"memcached server {server.address} is back"]
+    assert infos_of(caplog) == [f"nbcache: memcached server {server.address} is back"]
 
     server.kill()  # a second outage gets its own warning
     with pytest.raises(StoreFault):

@@ -37,17 +37,16 @@ DAY = 24 * 3600
 
 @pytest.fixture(scope="module")
 def shared_server() -> Iterator[MemcachedServer]:
-    """One server for the contract tests (each test has its own key prefix): stopping an
-    idle memcached takes about a second, so a server per test would dominate the run time."""
+    """One server for the contract tests (emptied before each test): stopping an idle
+    memcached takes about a second, so a server per test would dominate the run time."""
     with MemcachedServer() as server:
         yield server
 
 
 @pytest.fixture
-def store(
-    shared_server: MemcachedServer, request: pytest.FixtureRequest
-) -> Iterator[MemcachedStore]:
-    store = MemcachedStore([shared_server.address], key_prefix=f"{request.node.name}/")
+def store(shared_server: MemcachedServer) -> Iterator[MemcachedStore]:
+    assert shared_server.command(b"flush_all") == b"OK\r\n"  # this test's own private server
+    store = MemcachedStore([shared_server.address])
     yield store
     store.close()
 
@@ -104,18 +103,18 @@ def test_unsafe_keys_are_hashed_and_cannot_equal_a_readable_key() -> None:
     assert memcached_key(hashed) == READABLE_MARKER + hashed != hashed
 
 
-def test_prefix_is_applied_before_mapping() -> None:
-    assert memcached_key("b c", prefix="a") == memcached_key("ab c")
-    assert memcached_key("x" * 248, prefix="p").startswith(HASHED_MARKER)
+def test_keys_too_long_to_stay_readable_are_hashed() -> None:
+    assert memcached_key("x" * 248).startswith(READABLE_MARKER)
+    assert memcached_key("x" * 249).startswith(HASHED_MARKER)
 
 
 def test_lone_surrogates_are_valid_keys() -> None:
     assert memcached_key("\udcff") != memcached_key("\udcfe")
 
 
-@given(st.text(alphabet=st.characters(codec=None), max_size=300), st.text(max_size=5))
-def test_every_mapped_key_is_valid(key: str, prefix: str) -> None:
-    assert is_valid_memcached_key(memcached_key(key, prefix))
+@given(st.text(alphabet=st.characters(codec=None), max_size=300))
+def test_every_mapped_key_is_valid(key: str) -> None:
+    assert is_valid_memcached_key(memcached_key(key))
 
 
 @given(st.lists(st.text(max_size=260), unique=True, max_size=30))
@@ -185,7 +184,7 @@ def test_values_are_stored_with_flags_zero(
     store: MemcachedStore, shared_server: MemcachedServer
 ) -> None:
     store.set("k", [b"abc"], None)
-    mapped = memcached_key("k", store.key_prefix).encode()
+    mapped = memcached_key("k").encode()
     reply = shared_server.command(b"get " + mapped)
     assert reply == b"VALUE " + mapped + b" 0 3\r\nabc\r\nEND\r\n"
 
@@ -257,14 +256,6 @@ def test_short_ttl_expires(store: MemcachedStore) -> None:
     while store.get("k") is not NO_VALUE:
         assert time.monotonic() < deadline, "a 0.2 s item was still there after 3 s"
         time.sleep(0.1)
-
-
-def test_key_prefix_separates_stores(shared_server: MemcachedServer) -> None:
-    team_a = MemcachedStore([shared_server.address], key_prefix="prefix-a/")
-    team_b = MemcachedStore([shared_server.address], key_prefix="prefix-b/")
-    team_a.set("k", [b"A"], None)
-    assert team_b.get("k") is NO_VALUE
-    assert MemcachedStore([shared_server.address], key_prefix="prefix-a/").get("k") == b"A"
 
 
 def test_clear_refuses_and_never_flushes(

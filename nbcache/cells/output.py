@@ -14,19 +14,10 @@ subprocesses not read through Python), and displays a hook reroutes (an ipywidge
 widget) are recorded as plain displays.
 
 Inline matplotlib figures. The inline backend shows the figures a cell drew from a
-``post_execute`` hook (``flush_figures``), after the cell's code. The rule for the magic:
-
-- ``shell.run_cell(body)`` nested in the magic triggers the ``pre_execute``/``post_execute``
-  events itself, so the figures are flushed (and recorded) inside the nested call; the outer
-  cell's ``post_execute`` then finds nothing left to show.
-- ``exec(code, shell.user_ns)`` triggers no event: the figures would be shown after the magic
-  returns, outside the recording. :func:`record_output` therefore calls
-  :func:`flush_inline_figures` when the block ends normally (``flush_figures=True``), which
-  is harmless in the nested ``run_cell`` case: a second flush finds nothing to draw.
-
-Also note for a nested ``shell.run_cell``: the value of a final expression goes through the
-display hook (recorded as :class:`ExecuteResult`), but IPython decides ``;`` suppression from
-the *outer* cell's text, so the magic must apply ``CellCode.display_suppressed`` itself.
+``post_execute`` hook, after the cell's code, which would be outside the recording: the magic
+runs the body with ``exec`` (:mod:`nbcache.cells.execution`), which triggers no event. So
+:func:`record_output` shows them itself (:func:`flush_inline_figures`) when the block ends
+normally, and they are recorded in place.
 
 A :class:`RecordedOutput` holds only str, bytes, int, float, bool, None, dicts and lists
 inside its items, so plain ``pickle`` stores it; consecutive writes to one stream are joined.
@@ -162,12 +153,12 @@ class _TeeStream:
 
 
 @contextmanager
-def record_output(shell: Any, *, flush_figures: bool = True) -> Iterator[RecordedOutput]:
+def record_output(shell: Any) -> Iterator[RecordedOutput]:
     """Record everything shown inside the block while still showing it.
 
     ``shell`` is the running ``InteractiveShell`` (or ipykernel's ``ZMQInteractiveShell``).
-    The yielded :class:`RecordedOutput` is complete after the block. With ``flush_figures``,
-    inline matplotlib figures drawn in the block are shown (and recorded) before it ends.
+    The yielded :class:`RecordedOutput` is complete after the block; inline matplotlib
+    figures drawn in the block are shown (and recorded) before it ends.
     """
     recorded = RecordedOutput()
     recorder = _Recorder(recorded)
@@ -177,8 +168,7 @@ def record_output(shell: Any, *, flush_figures: bool = True) -> Iterator[Recorde
         _hook_display_hook(shell.displayhook, recorder, undo)
         _hook_streams(recorder, undo)
         yield recorded
-        if flush_figures:
-            flush_inline_figures(shell)
+        flush_inline_figures()
     finally:
         for step in reversed(undo):
             step()
@@ -218,12 +208,10 @@ def replay_output(shell: Any, recorded: RecordedOutput, *, show_result: bool = T
     sys.stderr.flush()
 
 
-def flush_inline_figures(shell: Any = None) -> None:
+def flush_inline_figures() -> None:
     """Show the figures the inline matplotlib backend is holding for ``post_execute``.
 
     Does nothing unless matplotlib is already imported and its backend is the inline one.
-    ``shell`` is accepted for symmetry with the other functions; the backend uses the
-    running shell.
     """
     backend_inline = sys.modules.get("matplotlib_inline.backend_inline")
     matplotlib = sys.modules.get("matplotlib")

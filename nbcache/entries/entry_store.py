@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 
 from nbcache.entries.envelope import Entry, Envelope
 from nbcache.exceptions import EntryRefused, StoreFault
-from nbcache.stores.api import NO_VALUE, ByteStore, NoValue, Stored
+from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, NoValue
 from nbcache.stores.tokens import create_or_read_token
 
 log = logging.getLogger(__name__)
@@ -247,13 +247,13 @@ def token_bytes(token: str) -> bytes:
     return raw
 
 
-def token_from(raw: Stored | NoValue) -> str | None:
+def token_from(raw: Buffer | NoValue) -> str | None:
     """The token a store read found, or None for a miss or anything that is not a token."""
     data = _token_raw(raw)
     return None if data is None else data.decode("ascii")
 
 
-def _token_raw(raw: Stored | NoValue) -> bytes | None:
+def _token_raw(raw: Buffer | NoValue) -> bytes | None:
     if isinstance(raw, NoValue):
         return None
     view = memoryview(raw)

@@ -43,9 +43,9 @@ from nbcache.entries import serializer
 from nbcache.entries.signing import KEY_ID_SIZE, MAC_SIZE, Signer
 from nbcache.exceptions import EntryRefused
 from nbcache.stores import buffers as aligned
-from nbcache.stores.api import Buffer
+from nbcache.stores.api import Buffer, byte_view
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MAGIC = b"NBC"
 #: 3: out-of-band buffers padded to 64-byte offsets.
@@ -218,7 +218,7 @@ class Envelope:
 
         Raises :class:`EntryRefused` with a short reason when the entry is not to be trusted.
         """
-        view = memoryview(entry).cast("B") if memoryview(entry).format != "B" else memoryview(entry)
+        view = byte_view(entry)
         if len(view) < _PREAMBLE or bytes(view[:3]) != MAGIC:
             raise EntryRefused("not an nbcache entry")
         if view[3] != FORMAT:
@@ -283,8 +283,8 @@ def _usable(key: str, buffer: memoryview) -> memoryview:
     if aligned.is_aligned(buffer):
         return buffer
     if buffer.nbytes >= aligned.BIG:
-        logger.debug(
-            "copying a %d-byte buffer of %r: the store delivered it %s",
+        log.debug(
+            "nbcache: copying a %d-byte buffer of %r: the store delivered it %s",
             buffer.nbytes,
             key,
             "read-only" if buffer.readonly else "misaligned",

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from nbcache.stores.api import ByteStore, NoValue, Stored
+from nbcache.stores.api import Buffer, ByteStore, NoValue
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Lease:
             return cls(store, key, token, seconds)
         return None
 
-    def holds(self, current: Stored | NoValue) -> bool:
+    def holds(self, current: Buffer | NoValue) -> bool:
         """True if ``current`` (read under the lease key) is this holder's record."""
         if isinstance(current, NoValue):
             return False

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, Protocol, runtime_checkable
 
-#: Anything a store accepts as a piece of a value. Stores must not keep a reference to a
-#: ``memoryview`` they were given past the call: its memory belongs to the caller.
+#: A bytes-like object: what a store accepts as a piece of a value, and what it hands back.
+#: Stores must not keep a reference to a ``memoryview`` they were given past the call: its
+#: memory belongs to the caller.
 Buffer = bytes | bytearray | memoryview
 
-#: What a store hands back: one bytes-like object.
-Stored = bytes | bytearray | memoryview
+#: Bytes of an item in a store with an item limit (memcached, App Engine's memcache) that are
+#: not the value: the key (memcached: up to 250 bytes), the item header (~56 bytes with CAS)
+#: and the line ends. A value of ``item limit - ITEM_OVERHEAD`` bytes always fits.
+ITEM_OVERHEAD: Final = 512
 
 
 class NoValue:
@@ -68,9 +71,9 @@ class ByteStore(Protocol):
     layer above turns that into a miss and a warning.
     """
 
-    def get(self, key: str) -> Stored | NoValue: ...
+    def get(self, key: str) -> Buffer | NoValue: ...
 
-    def get_many(self, keys: Sequence[str]) -> list[Stored | NoValue]:
+    def get_many(self, keys: Sequence[str]) -> list[Buffer | NoValue]:
         """Values in the order of ``keys``; in as few round trips as the store can."""
         ...
 
@@ -80,7 +83,7 @@ class ByteStore(Protocol):
         """Store only if ``key`` holds nothing; True if stored."""
         ...
 
-    def gets(self, key: str) -> tuple[Stored | NoValue, CasToken | None]:
+    def gets(self, key: str) -> tuple[Buffer | NoValue, CasToken | None]:
         """The value and a token for :meth:`cas`; ``(NO_VALUE, None)`` on a miss."""
         ...
 
@@ -111,13 +114,15 @@ def total_size(value: Sequence[Buffer]) -> int:
     return sum(memoryview(part).nbytes for part in value)
 
 
+def byte_view(data: Buffer) -> memoryview:
+    """A flat unsigned-byte view of ``data`` (no copy), whatever its format and shape."""
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
 def byte_views(value: Sequence[Buffer]) -> list[memoryview]:
     """Flat unsigned-byte views of the caller's buffers (no copy), empty ones left out."""
-    views = []
-    for part in value:
-        view = memoryview(part)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        if view.nbytes:
-            views.append(view)
-    return views
+    views = (byte_view(part) for part in value)
+    return [view for view in views if view.nbytes]

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from nbcache.stores.api import Buffer
+from nbcache.stores.api import Buffer, byte_view
 
 INLINE_V2 = b"\x13"
 MANIFEST_V2 = b"\x14"
@@ -95,8 +95,7 @@ def encode_manifest(write_id: bytes, sizes: Sequence[int], value_digest: bytes) 
 
 def decode_record(record: memoryview) -> memoryview | Manifest | Unreadable:
     """An inline value (a view into ``record``), a manifest to follow, or why neither."""
-    if record.format != "B" or record.ndim != 1:
-        record = record.cast("B")
+    record = byte_view(record)
     if record.nbytes == 0:
         return Unreadable("empty record")
     tag = record[-1:].tobytes()

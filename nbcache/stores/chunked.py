@@ -33,6 +33,7 @@ from typing import Protocol, runtime_checkable
 from nbcache.exceptions import StoreFault
 from nbcache.stores import buffers as aligned
 from nbcache.stores.api import (
+    ITEM_OVERHEAD,
     NO_VALUE,
     Buffer,
     ByteStore,
@@ -55,15 +56,10 @@ from nbcache.stores.chunk_layout import (
     manifest_chunk_keys,
 )
 
-logger = logging.getLogger(__name__)
-
-ReadValue = bytes | bytearray | memoryview
+log = logging.getLogger(__name__)
 
 #: Item limit assumed when neither the caller nor the inner store says: memcached's default.
 DEFAULT_MAX_ITEM_SIZE = 1024 * 1024
-#: Room left in each item for what the server adds to the value: the key (memcached: up to
-#: 250 bytes), the item header (~56 bytes with CAS) and whatever the inner store prepends.
-ITEM_OVERHEAD = 1024
 #: Chunks live this much longer than their manifest, so a live manifest finds its chunks even
 #: though they were written before it. (The other way round would only cost misses.)
 CHUNK_TTL_MARGIN = 60.0
@@ -83,7 +79,7 @@ class ChunkTransport(Protocol):
 
 
 def _warn_digest_mismatch(key: str) -> None:
-    logger.warning(
+    log.warning(
         "nbcache: refused the chunked value under %r: digest mismatch (its chunks are corrupt "
         "or were tampered with)",
         key,
@@ -135,13 +131,13 @@ class ChunkedStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def get(self, key: str) -> ReadValue | NoValue:
+    def get(self, key: str) -> Buffer | NoValue:
         return self.get_many([key])[0]
 
-    def get_many(self, keys: Sequence[str]) -> list[ReadValue | NoValue]:
+    def get_many(self, keys: Sequence[str]) -> list[Buffer | NoValue]:
         """Values in the order of ``keys``: one round trip for the records, one for all chunks."""
         records = self.inner.get_many(keys)
-        values: list[ReadValue | NoValue] = [NO_VALUE] * len(keys)
+        values: list[Buffer | NoValue] = [NO_VALUE] * len(keys)
         manifests: list[tuple[int, Manifest]] = []
         for position, (key, record) in enumerate(zip(keys, records, strict=True)):
             decoded = self._decode_record(key, record)
@@ -155,7 +151,7 @@ class ChunkedStore:
                 values[position] = value
         return values
 
-    def gets(self, key: str) -> tuple[ReadValue | NoValue, CasToken | None]:
+    def gets(self, key: str) -> tuple[Buffer | NoValue, CasToken | None]:
         """The value and a token for :meth:`cas`; for a big value the token is its manifest's."""
         record, token = self.inner.gets(key)
         decoded = self._decode_record(key, record)
@@ -165,15 +161,13 @@ class ChunkedStore:
             return NO_VALUE, None
         return decoded, token
 
-    def _decode_record(
-        self, key: str, record: ReadValue | NoValue
-    ) -> ReadValue | NoValue | Manifest:
+    def _decode_record(self, key: str, record: Buffer | NoValue) -> Buffer | NoValue | Manifest:
         """An inline value (a view into ``record``), a manifest to follow, or a miss."""
         if isinstance(record, NoValue):
             return NO_VALUE
         decoded = decode_record(memoryview(record))
         if isinstance(decoded, Unreadable):
-            logger.warning("nbcache: refused the record under %r: %s", key, decoded.reason)
+            log.warning("nbcache: refused the record under %r: %s", key, decoded.reason)
             return NO_VALUE
         return decoded
 
@@ -212,8 +206,8 @@ class ChunkedStore:
             arrived = found[start : start + len(manifest.sizes)]
             start += len(manifest.sizes)
             if not all(arrived):
-                logger.debug(
-                    "chunked value %r: chunk %d is missing or has the wrong size",
+                log.debug(
+                    "nbcache: chunked value %r: chunk %d is missing or has the wrong size",
                     key,
                     arrived.index(False),
                 )
@@ -226,7 +220,7 @@ class ChunkedStore:
         return values
 
     def _assemble(
-        self, key: str, manifest: Manifest, chunks: Sequence[ReadValue | NoValue]
+        self, key: str, manifest: Manifest, chunks: Sequence[Buffer | NoValue]
     ) -> memoryview | NoValue:
         """The whole value from its chunks, or a miss if any is missing, wrong or corrupt."""
         value = aligned.allocate(manifest.total)
@@ -234,11 +228,13 @@ class ChunkedStore:
         offset = 0
         for index, (size, chunk) in enumerate(zip(manifest.sizes, chunks, strict=True)):
             if isinstance(chunk, NoValue):
-                logger.debug("chunked value %r: chunk %d is missing", key, index)
+                log.debug("nbcache: chunked value %r: chunk %d is missing", key, index)
                 return NO_VALUE
             view = memoryview(chunk)
             if view.nbytes != size:
-                logger.debug("chunked value %r: chunk %d has %d bytes", key, index, view.nbytes)
+                log.debug(
+                    "nbcache: chunked value %r: chunk %d has %d bytes", key, index, view.nbytes
+                )
                 return NO_VALUE
             target[offset : offset + size] = view
             offset += size
@@ -341,7 +337,7 @@ class ChunkedStore:
         # The chunks' clock started before the manifest's: never let the manifest outlive them.
         remaining = ttl + CHUNK_TTL_MARGIN - (time.monotonic() - started)
         if remaining <= 0:
-            logger.debug("chunked value %r: its chunks expired while it was written", key)
+            log.debug("nbcache: chunked value %r: its chunks expired while it was written", key)
             self._delete_quietly(keys)
             return None
         return manifest, keys, min(ttl, remaining)
@@ -353,11 +349,11 @@ class ChunkedStore:
         if self._transport is not None:
             if self._transport.set_chunks(items, ttl):
                 return True
-            logger.debug("chunked value %r: a chunk was refused", key)
+            log.debug("nbcache: chunked value %r: a chunk was refused", key)
             return False
         for index, (chunk, pieces) in enumerate(items):
             if not self.inner.set(chunk, pieces, ttl):
-                logger.debug("chunked value %r: chunk %d was refused", key, index)
+                log.debug("nbcache: chunked value %r: chunk %d was refused", key, index)
                 return False
         return True
 
@@ -367,7 +363,7 @@ class ChunkedStore:
             try:
                 self.inner.delete(key)
             except StoreFault as fault:
-                logger.debug("could not delete chunk %r: %s", key, fault)
+                log.debug("nbcache: could not delete chunk %r: %s", key, fault)
                 return
 
     # -- the rest ---------------------------------------------------------------------------

@@ -30,11 +30,17 @@ import zlib
 from collections.abc import Sequence
 
 from nbcache.stores import buffers as aligned
-from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, total_size
+from nbcache.stores.api import (
+    NO_VALUE,
+    Buffer,
+    ByteStore,
+    CasToken,
+    NoValue,
+    byte_view,
+    total_size,
+)
 
-logger = logging.getLogger(__name__)
-
-ReadValue = bytes | bytearray | memoryview
+log = logging.getLogger(__name__)
 
 _RAW_V2 = b"\x23"
 _ZLIB_V2 = b"\x24"
@@ -70,24 +76,22 @@ class CompressedStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def get(self, key: str) -> ReadValue | NoValue:
+    def get(self, key: str) -> Buffer | NoValue:
         return self._decode(key, self.inner.get(key))
 
-    def get_many(self, keys: Sequence[str]) -> list[ReadValue | NoValue]:
+    def get_many(self, keys: Sequence[str]) -> list[Buffer | NoValue]:
         records = self.inner.get_many(keys)
         return [self._decode(key, record) for key, record in zip(keys, records, strict=True)]
 
-    def gets(self, key: str) -> tuple[ReadValue | NoValue, CasToken | None]:
+    def gets(self, key: str) -> tuple[Buffer | NoValue, CasToken | None]:
         record, token = self.inner.gets(key)
         value = self._decode(key, record)
         return (NO_VALUE, None) if isinstance(value, NoValue) else (value, token)
 
-    def _decode(self, key: str, record: ReadValue | NoValue) -> ReadValue | NoValue:
+    def _decode(self, key: str, record: Buffer | NoValue) -> Buffer | NoValue:
         if isinstance(record, NoValue):
             return NO_VALUE
-        view = memoryview(record)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
+        view = byte_view(record)
         tag = view[-1:].tobytes()
         if tag == _RAW_V2:
             return view[:-1]
@@ -99,7 +103,7 @@ class CompressedStore:
                 value = _decompress(stream, size)
                 if value is not None:
                     return value
-        logger.debug("compressed value %r: unreadable record", key)
+        log.debug("nbcache: compressed value %r: unreadable record", key)
         return NO_VALUE
 
     # -- writing ----------------------------------------------------------------------------
@@ -155,7 +159,7 @@ def _samples(value: Sequence[Buffer], size: int) -> bytes:
     """:data:`SAMPLES` runs of :data:`SAMPLE_BYTES` spread evenly over the value, joined."""
     if size <= SAMPLES * SAMPLE_BYTES:
         return b"".join(value)
-    views = [memoryview(part).cast("B") for part in value]
+    views = [byte_view(part) for part in value]
     starts = [index * (size - SAMPLE_BYTES) // (SAMPLES - 1) for index in range(SAMPLES)]
     runs: list[bytes] = []
     for start in starts:

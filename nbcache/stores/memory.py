@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbcache.stores import buffers as aligned
-from nbcache.stores.api import NO_VALUE, Buffer, CasToken, NoValue, Stored, total_size
+from nbcache.stores.api import NO_VALUE, Buffer, CasToken, NoValue, byte_view, total_size
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,7 @@ class MemoryFile:
         self.size = size
         try:
             for part in value:
-                view = (
-                    memoryview(part).cast("B")
-                    if memoryview(part).format != "B"
-                    else memoryview(part)
-                )
+                view = byte_view(part)
                 while view.nbytes:
                     view = view[os.write(self.fd, view) :]
             _seal(self.fd)
@@ -58,7 +54,7 @@ class MemoryFile:
         try:
             return _map_private(self.fd, self.size)
         except OSError as exc:  # out of address space or map count: a copy still works
-            log.debug("copying a %d-byte value out of its memory file: %s", self.size, exc)
+            log.debug("nbcache: copying a %d-byte value out of its memory file: %s", self.size, exc)
             target = aligned.allocate(self.size)
             done = 0
             while done < self.size:
@@ -134,7 +130,7 @@ class _Item:
     expires: float | None  # time.monotonic() deadline
     version: int
 
-    def copy_out(self) -> Stored:
+    def copy_out(self) -> Buffer:
         """The caller's own writable copy of the value (aligned if big)."""
         if isinstance(self.data, MemoryFile):
             return self.data.view()
@@ -180,7 +176,7 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: str) -> Stored | NoValue:
+    def get(self, key: str) -> Buffer | NoValue:
         with self._lock:
             item = self._live(key)
             if item is None:
@@ -190,7 +186,7 @@ class MemoryStore:
                 return item.data.view()  # under the lock: an eviction closes the file
         return item.copy_out()  # copied outside the lock: items are never mutated in place
 
-    def get_many(self, keys: Sequence[str]) -> list[Stored | NoValue]:
+    def get_many(self, keys: Sequence[str]) -> list[Buffer | NoValue]:
         return [self.get(key) for key in keys]
 
     def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
@@ -205,7 +201,7 @@ class MemoryStore:
                 return False
             return self._put(key, data, ttl)
 
-    def gets(self, key: str) -> tuple[Stored | NoValue, CasToken | None]:
+    def gets(self, key: str) -> tuple[Buffer | NoValue, CasToken | None]:
         with self._lock:
             item = self._live(key)
             if item is None:
@@ -258,7 +254,7 @@ class MemoryStore:
     def _put(self, key: str, data: bytearray | MemoryFile, ttl: float | None) -> bool:
         size = len(data) if isinstance(data, bytearray) else data.size
         if self.max_bytes is not None and size > self.max_bytes:
-            log.debug("not storing %r: %d bytes > max_bytes=%d", key, size, self.max_bytes)
+            log.debug("nbcache: not storing %r: %d bytes > max_bytes=%d", key, size, self.max_bytes)
             self._drop(key)  # the old value must not outlive a newer write that didn't fit
             if isinstance(data, MemoryFile):
                 data.close()
@@ -294,14 +290,14 @@ def _copy(value: Sequence[Buffer]) -> bytearray | MemoryFile:
         try:
             return MemoryFile(value, size)
         except OSError as exc:  # out of file descriptors or memory: a plain copy still works
-            log.debug("keeping a %d-byte value in a bytearray: %s", size, exc)
+            log.debug("nbcache: keeping a %d-byte value in a bytearray: %s", size, exc)
     data = bytearray(size)
     # Assigning through a memoryview is one memcpy; ``data[a:b] = view`` would first copy
     # ``view`` into a temporary bytearray.
     target = memoryview(data)
     offset = 0
     for part in value:
-        view = memoryview(part).cast("B") if memoryview(part).format != "B" else memoryview(part)
+        view = byte_view(part)
         target[offset : offset + len(view)] = view
         offset += len(view)
     target.release()

@@ -26,10 +26,8 @@ import os
 from collections.abc import Sequence
 
 from nbcache.exceptions import StoreFault
-from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue
+from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, byte_view
 from nbcache.stores.tokens import create_or_read_token
-
-ReadValue = bytes | bytearray | memoryview
 
 GENERATION_BYTES = 8
 
@@ -68,10 +66,10 @@ class NamespacedStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def get(self, key: str) -> ReadValue | NoValue:
+    def get(self, key: str) -> Buffer | NoValue:
         return self.get_many([key])[0]
 
-    def get_many(self, keys: Sequence[str]) -> list[ReadValue | NoValue]:
+    def get_many(self, keys: Sequence[str]) -> list[Buffer | NoValue]:
         """Values in the order of ``keys``, read with the generation in one round trip."""
         generation, *records = self.inner.get_many(
             [self.generation_key, *(self._prefix + key for key in keys)]
@@ -81,7 +79,7 @@ class NamespacedStore:
             return [NO_VALUE] * len(keys)
         return [self._current_value(record, current) for record in records]
 
-    def _generation_read(self, raw: ReadValue | NoValue) -> bytes | None:
+    def _generation_read(self, raw: Buffer | NoValue) -> bytes | None:
         """The current generation, given what a read found under its key; None: none."""
         if isinstance(raw, NoValue):
             # Missing, or its server did not answer (a multi-key read hides which): ask alone.
@@ -91,13 +89,13 @@ class NamespacedStore:
                 return self._last_seen
         return self._token(raw)
 
-    def _token(self, raw: ReadValue | NoValue) -> bytes | None:
+    def _token(self, raw: Buffer | NoValue) -> bytes | None:
         if isinstance(raw, NoValue) or memoryview(raw).nbytes != GENERATION_BYTES:
             return None  # missing, or not a token (planted, corrupt): nothing is current
         self._last_seen = token = bytes(raw)
         return token
 
-    def gets(self, key: str) -> tuple[ReadValue | NoValue, CasToken | None]:
+    def gets(self, key: str) -> tuple[Buffer | NoValue, CasToken | None]:
         """The value and a token for :meth:`cas`; ``(NO_VALUE, None)`` for a stale entry."""
         try:
             current = self._token(self.inner.get(self.generation_key))
@@ -113,12 +111,10 @@ class NamespacedStore:
         return value, CasToken((current, token))
 
     @staticmethod
-    def _current_value(record: ReadValue | NoValue, generation: bytes) -> ReadValue | NoValue:
+    def _current_value(record: Buffer | NoValue, generation: bytes) -> Buffer | NoValue:
         if isinstance(record, NoValue):
             return NO_VALUE
-        view = memoryview(record)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
+        view = byte_view(record)
         end = view.nbytes - GENERATION_BYTES
         if end < 0 or view[end:] != generation:
             return NO_VALUE

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from nbcache.stores.api import ByteStore, NoValue, Stored
+from nbcache.stores.api import Buffer, ByteStore, NoValue
 
 #: Round trips before giving up: more than one is needed only if the key is evicted again
 #: between an ``add`` that lost and the ``get`` that reads the winner's token.
@@ -21,7 +21,7 @@ ATTEMPTS = 3
 def create_or_read_token(
     store: ByteStore,
     key: str,
-    read: Callable[[Stored | NoValue], bytes | None],
+    read: Callable[[Buffer | NoValue], bytes | None],
     fresh: Callable[[], bytes],
 ) -> bytes | None:
     """The token under ``key``, created if missing; None if none could be had.

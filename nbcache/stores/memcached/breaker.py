@@ -63,13 +63,6 @@ class CircuitBreaker:
                 return 0.0
             return max(0.0, self._opened_at + self._cooldown - self._clock())
 
-    def outage_seconds(self) -> float:
-        """How long the current outage has lasted (0 when closed)."""
-        with self._lock:
-            if self._state == "closed":
-                return 0.0
-            return self._clock() - self._outage_started_at
-
     def allow(self) -> bool:
         """True if the caller may call the server now (and must then report the outcome)."""
         with self._lock:

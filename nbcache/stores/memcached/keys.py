@@ -24,17 +24,16 @@ MAX_READABLE_LENGTH: Final = MAX_KEY_BYTES - len(READABLE_MARKER)
 _READABLE = re.compile(r"[\x21-\x7e]*")
 
 
-def memcached_key(key: str, prefix: str = "") -> str:
-    """The memcached key for ``prefix + key``: ASCII, <= 250 bytes, no whitespace or controls.
+def memcached_key(key: str) -> str:
+    """The memcached key for ``key``: ASCII, <= 250 bytes, no whitespace or controls.
 
     Pure and deterministic: the same input gives the same key in every process.
     """
-    full = prefix + key
-    if len(full) <= MAX_READABLE_LENGTH and _READABLE.fullmatch(full):
-        return READABLE_MARKER + full
+    if len(key) <= MAX_READABLE_LENGTH and _READABLE.fullmatch(key):
+        return READABLE_MARKER + key
     # surrogatepass: a str with lone surrogates (from os.fsdecode, say) is still a valid key,
     # and the encoding stays injective.
-    digest = hashlib.blake2b(full.encode("utf-8", "surrogatepass"), digest_size=20)
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=20)
     return HASHED_MARKER + digest.hexdigest()
 
 

@@ -19,8 +19,7 @@ from nbcache.stores.memcached.breaker import CircuitBreaker
 if TYPE_CHECKING:
     from pymemcache.client.base import Client
 
-# The messages of the pool belong to the memcached store's logger (one place to configure).
-logger = logging.getLogger("nbcache.stores.memcached.store")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -108,7 +107,7 @@ class ServerConnection:
                 raise
             # A pooled connection found closed: the server restarted since it was last used.
             # Every idle connection is as stale; retry once on a fresh one.
-            logger.debug("stale connection to %s (%s); reconnecting", self.address, error)
+            log.debug("nbcache: stale connection to %s (%s); reconnecting", self.address, error)
             self.drop_idle()
             client = self._new_client()
             try:
@@ -122,15 +121,15 @@ class ServerConnection:
     def _record(self, reachable: bool, error: BaseException | None) -> None:
         if reachable:
             if self.breaker.succeeded():
-                logger.info("memcached server %s is back", self.address)
+                log.info("nbcache: memcached server %s is back", self.address)
             return
         assert error is not None
         self._last_error = _describe(error)
         self.drop_idle()
         if self.breaker.failed():
-            logger.warning(
-                "memcached server %s failed (%s): its keys read as misses and writes to them "
-                "fail until it answers again; retrying in %.1f s",
+            log.warning(
+                "nbcache: memcached server %s failed (%s): its keys read as misses and writes to "
+                "them fail until it answers again; retrying in %.1f s",
                 self.address,
                 self._last_error,
                 self.breaker.cooldown,

@@ -18,7 +18,7 @@ What it guarantees, and why each point matters for a cache shared by notebooks:
 * Faults raise :class:`~nbcache.exceptions.StoreFault`, never a socket or pymemcache error.
   A per-server :class:`~nbcache.stores.memcached.breaker.CircuitBreaker` makes calls to a dead
   server fail in microseconds during a cool-down, then lets one trial call through; one WARNING on
-  this module's logger per outage, one INFO when the server is back.
+  the ``nbcache`` logger per outage, one INFO when the server is back.
 """
 
 from __future__ import annotations
@@ -31,7 +31,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from nbcache.exceptions import ConfigurationError, StoreFault
-from nbcache.stores.api import NO_VALUE, Buffer, CasToken, NoValue, byte_views, join
+from nbcache.stores.api import (
+    ITEM_OVERHEAD,
+    NO_VALUE,
+    Buffer,
+    CasToken,
+    NoValue,
+    byte_views,
+    join,
+)
 from nbcache.stores.memcached import protocol
 from nbcache.stores.memcached.breaker import CircuitBreaker
 from nbcache.stores.memcached.keys import memcached_key
@@ -42,10 +50,10 @@ if TYPE_CHECKING:
 
     from pymemcache.client.base import Client
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Value = bytes | bytearray | memoryview | NoValue
+Value = Buffer | NoValue
 
 DEFAULT_PORT: Final = 11211
 #: memcached reads an expiry above 30 days as an absolute unix time.
@@ -53,7 +61,6 @@ MAX_RELATIVE_EXPIRY: Final = 30 * 24 * 3600
 #: memcached's stock item limit (``-I``), assumed when a server cannot tell.
 DEFAULT_ITEM_SIZE_MAX: Final = 1024 * 1024
 #: Room an item needs besides its value: header, key (<= 250 bytes), CAS, line endings.
-ITEM_OVERHEAD: Final = 512
 
 
 def memcached_expiry(ttl: float | None, now: float | None = None) -> int:
@@ -124,9 +131,8 @@ class MemcachedStore:
     ``connect_timeout`` and ``timeout`` (seconds) bound every connect and every socket
     operation, so a hung server costs at most about ``timeout`` per call. ``max_pool_size``
     is the number of idle connections kept per server (more threads still work; the extra
-    connections close after use). ``key_prefix`` is prepended to every key before it is
-    mapped. ``tls_context`` (an ``ssl.SSLContext``) turns on TLS. ``breaker_cooldown`` and
-    ``breaker_max_cooldown`` shape each server's circuit breaker.
+    connections close after use). ``tls_context`` (an ``ssl.SSLContext``) turns on TLS.
+    ``breaker_cooldown`` and ``breaker_max_cooldown`` shape each server's circuit breaker.
 
     Faults raise :class:`~nbcache.exceptions.StoreFault` (``get_many`` returns misses for a
     failed server's keys when another server answered). :meth:`clear` is not available: wrap
@@ -140,7 +146,6 @@ class MemcachedStore:
         connect_timeout: float = 0.5,
         timeout: float = 2.0,
         max_pool_size: int = 16,
-        key_prefix: str = "",
         tls_context: ssl.SSLContext | None = None,
         breaker_cooldown: float = 1.0,
         breaker_max_cooldown: float = 8.0,
@@ -154,7 +159,6 @@ class MemcachedStore:
             raise ConfigurationError(
                 f"memcached servers must be a non-empty list without repeats, got {servers!r}"
             )
-        self.key_prefix = key_prefix
         self.timeout = timeout
         self._servers: dict[str, ServerConnection] = {}
         for address in addresses:
@@ -190,7 +194,7 @@ class MemcachedStore:
         return self._server(self._map(key)).address
 
     def _map(self, key: str) -> str:
-        return memcached_key(key, self.key_prefix)
+        return memcached_key(key)
 
     def _server(self, mapped: str) -> ServerConnection:
         if self._only is not None:
@@ -281,7 +285,7 @@ class MemcachedStore:
         try:
             return self._server(mapped).run(write) is True
         except Refused as error:
-            logger.debug("%s", error)
+            log.debug("nbcache: %s", error)
             return False
 
     # -- chunks of big values, without copies ------------------------------------------
@@ -310,7 +314,7 @@ class MemcachedStore:
             except Refused as error:
                 raise StoreFault(str(error)) from error
             if refused:
-                logger.debug("memcached server %s refused a chunk", server.address)
+                log.debug("nbcache: memcached server %s refused a chunk", server.address)
                 stored = False
         return stored
 
