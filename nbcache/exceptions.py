@@ -49,7 +49,7 @@ class UnhashableValue(NbcacheError, TypeError):
 
     ``type_name`` names the type that could not be digested (an open file, a lock, a
     generator, anything whose pickling fails); ``reason`` says why. The message suggests
-    ``ignore=`` or :func:`nbcache.keys.digest.register_token`.
+    ``ignore=`` or :func:`nbcache.register_token`.
     """
 
     def __init__(self, type_name: str, reason: str) -> None:
@@ -58,5 +58,5 @@ class UnhashableValue(NbcacheError, TypeError):
         super().__init__(
             f"cannot digest a value of type {type_name}: {reason}. Leave the argument out of "
             f"the key with ignore=(...), or teach nbcache its content with "
-            f"nbcache.keys.digest.register_token({type_name.rpartition('.')[2]}, fn)."
+            f"nbcache.register_token({type_name.rpartition('.')[2]}, fn)."
         )

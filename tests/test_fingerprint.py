@@ -20,8 +20,8 @@ from nbcache.keys.digest import UnhashableValue
 from nbcache.keys.fingerprint import (
     function_fingerprint,
     function_fingerprint_parts,
-    is_user_module,
 )
+from nbcache.keys.provenance import is_user_module
 
 
 def cell(

@@ -39,7 +39,8 @@ from typing import Any
 import xxhash
 
 from nbcache.exceptions import UnhashableValue
-from nbcache.keys.digest_stdlib import install_stdlib_handlers, live_state_reason
+from nbcache.keys.live_state import live_state_reason
+from nbcache.keys.provenance import is_user_module
 
 __all__ = ["TokenWriter", "UnhashableValue", "register_token", "value_digest"]
 
@@ -232,17 +233,34 @@ def register_handler(type_: type, handler: Handler, *, builtin: bool = False) ->
     _remembered.clear()
 
 
+def use_class_fingerprint(fingerprint: Callable[[type], str]) -> None:
+    """Install the fingerprint :func:`write_type` adds for classes of the user's own code.
+
+    :mod:`nbcache.keys.fingerprint` installs its ``class_fingerprint`` on import (importing
+    :mod:`nbcache.keys` wires every part up), so that neither module imports the other.
+    """
+    global _class_fingerprint
+    _class_fingerprint = fingerprint
+    _resolved.clear()
+    _remembered.clear()
+
+
+def _no_class_fingerprint(cls: type) -> str:
+    raise RuntimeError("nbcache.keys.fingerprint was not imported: import nbcache.keys")
+
+
+_class_fingerprint: Callable[[type], str] = _no_class_fingerprint
+
+
 def write_type(writer: TokenWriter, cls: type) -> None:
     """Append a class's identity; classes from the user's own code add their fingerprint."""
-    from nbcache.keys.fingerprint import class_fingerprint, is_user_module
-
     module = getattr(cls, "__module__", None) or ""
     writer.raw(b"y")
     writer.text(module)
     writer.text(getattr(cls, "__qualname__", cls.__name__))
     if is_user_module(module):
         writer.raw(b"+")
-        writer.raw(bytes.fromhex(class_fingerprint(cls)))
+        writer.raw(bytes.fromhex(_class_fingerprint(cls)))
     else:
         writer.raw(b"-")
 
@@ -482,5 +500,4 @@ for _type, _handler in (
     (frozenset, _set(b"z")),
 ):
     register_handler(_type, _handler, builtin=True)
-install_stdlib_handlers(register_handler)
 del _type, _handler

@@ -23,12 +23,11 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from nbcache.keys.digest import TokenWriter
+from nbcache.keys.digest import TokenWriter, register_handler, write_type
 
 # Strided arrays are copied to contiguous blocks of about this size before hashing.
 _BLOCK_BYTES = 1 << 22
@@ -184,8 +183,6 @@ def _bytes_of(array: np.ndarray[Any, Any]) -> memoryview:
 
 def _ndarray(writer: TokenWriter, array: np.ndarray[Any, Any]) -> None:
     if type(array) is not np.ndarray:  # np.matrix and other subclasses behave differently
-        from nbcache.keys.digest import write_type
-
         writer.raw(b"S")
         write_type(writer, type(array))
         array = array.view(np.ndarray)
@@ -216,8 +213,6 @@ def _dtype(writer: TokenWriter, dtype: np.dtype[Any]) -> None:
 
 def install_handlers() -> None:
     """Register the numpy handlers with :mod:`nbcache.keys.digest`."""
-    from nbcache.keys.digest import register_handler
-
     register_handler(np.ndarray, _ndarray)
     register_handler(np.ma.MaskedArray, _masked_array)
     register_handler(np.generic, _scalar)

@@ -16,16 +16,13 @@ Imported by :mod:`nbcache.keys.digest` the first time a pandas value is digested
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from nbcache.keys import digest_numpy
-
-if TYPE_CHECKING:
-    from nbcache.keys.digest import TokenWriter
-
+from nbcache.keys.digest import TokenWriter, register_handler, write_type
 
 # A RangeIndex is written as the int64 values it stands for, generated this many at a time.
 _RANGE_BLOCK = 1 << 16
@@ -110,8 +107,6 @@ def _index(writer: TokenWriter, index: Any) -> None:
 def _own_class(writer: TokenWriter, obj: object, base: type) -> None:
     """Tag a subclass (a GeoDataFrame is not a DataFrame) before the base encoding."""
     if type(obj) is not base:
-        from nbcache.keys.digest import write_type
-
         writer.raw(b"S")
         write_type(writer, type(obj))
 
@@ -175,8 +170,6 @@ def _singleton(name: str) -> Any:
 
 def install_handlers() -> None:
     """Register the pandas handlers (and numpy's) with :mod:`nbcache.keys.digest`."""
-    from nbcache.keys.digest import register_handler
-
     digest_numpy.install_handlers()
     for type_, handler in (
         (pd.DataFrame, _data_frame),

@@ -7,24 +7,20 @@ passed as an argument changes the key.
 
 from __future__ import annotations
 
-import _thread
 import collections
 import collections.abc
 import datetime
 import decimal
 import fractions
 import functools
-import io
 import pathlib
 import pickle
 import re
-import sys
 import types
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from nbcache.keys.digest import Handler, TokenWriter
+from nbcache.keys.digest import Handler, TokenWriter, register_handler, write_type
+from nbcache.keys.provenance import module_version
 
 
 def _tzinfo(writer: TokenWriter, tz: datetime.tzinfo | None, moment: Any) -> None:
@@ -99,8 +95,6 @@ def _slice(writer: TokenWriter, value: slice) -> None:
 
 
 def _type(writer: TokenWriter, value: type) -> None:
-    from nbcache.keys.digest import write_type
-
     write_type(writer, value)
 
 
@@ -108,24 +102,6 @@ def _module(writer: TokenWriter, value: types.ModuleType) -> None:
     writer.raw(b"W")
     writer.text(value.__name__)
     writer.value(module_version(value))
-
-
-def module_version(module: types.ModuleType) -> str | None:
-    """The ``__version__`` of a module or of its top-level package, as a string."""
-    version = getattr(module, "__version__", None)
-    if version is None:
-        top = sys.modules.get(module.__name__.partition(".")[0])
-        version = getattr(top, "__version__", None)
-    return None if version is None else str(version)
-
-
-def _function(writer: TokenWriter, value: types.FunctionType) -> None:
-    from nbcache.keys.fingerprint import function_fingerprint
-
-    writer.raw(b"U")
-    writer.text(value.__module__ or "")
-    writer.text(value.__qualname__)
-    writer.raw(bytes.fromhex(function_fingerprint(value)))
 
 
 def _builtin_function(writer: TokenWriter, value: types.BuiltinFunctionType) -> None:
@@ -159,13 +135,6 @@ def _partial(writer: TokenWriter, value: functools.partial[Any]) -> None:
     writer.value(value.args)
     writer.value(value.keywords)
     writer.value(dict(vars(value)))
-
-
-def _code(writer: TokenWriter, value: types.CodeType) -> None:
-    from nbcache.keys.fingerprint import code_token
-
-    writer.raw(b"k")
-    writer.value(code_token(value))
 
 
 def _pattern(writer: TokenWriter, value: re.Pattern[Any]) -> None:
@@ -204,8 +173,7 @@ def _singleton(tag: bytes) -> Handler:
     return singleton
 
 
-def install_stdlib_handlers(register: Callable[..., None]) -> None:
-    """Register this module's handlers with :func:`nbcache.keys.digest.register_handler`."""
+def _install() -> None:
     for type_, handler in (
         (datetime.datetime, _datetime),
         (datetime.date, _date),
@@ -219,13 +187,11 @@ def install_stdlib_handlers(register: Callable[..., None]) -> None:
         (slice, _slice),
         (type, _type),
         (types.ModuleType, _module),
-        (types.FunctionType, _function),
         (types.BuiltinFunctionType, _builtin_function),
         (types.MethodType, _method),
         (staticmethod, _wrapped_callable(b"h")),
         (classmethod, _wrapped_callable(b"j")),
         (functools.partial, _partial),
-        (types.CodeType, _code),
         (re.Pattern, _pattern),
         (pickle.PickleBuffer, _pickle_buffer),
         (collections.OrderedDict, _ordered_dict),
@@ -233,43 +199,9 @@ def install_stdlib_handlers(register: Callable[..., None]) -> None:
         (type(...), _singleton(b".")),
         (type(NotImplemented), _singleton(b"n")),
     ):
-        register(type_, handler, builtin=type_ is not type and type_ is not pathlib.PurePath)
+        register_handler(
+            type_, handler, builtin=type_ is not type and type_ is not pathlib.PurePath
+        )
 
 
-_LIVE_STATE_TYPES: tuple[tuple[type, str], ...] = (
-    (types.GeneratorType, "it is a generator, consumed as it runs"),
-    (types.CoroutineType, "it is a coroutine, consumed as it runs"),
-    (types.AsyncGeneratorType, "it is an async generator, consumed as it runs"),
-    (io.IOBase, "it is an open file or stream"),
-    (_thread.LockType, "it is a lock"),
-    (_thread.RLock, "it is a lock"),
-    (types.FrameType, "it is a live stack frame"),
-    (types.TracebackType, "it is a traceback of live frames"),
-    (collections.abc.Iterator, "it is an iterator over live state, consumed as it is read"),
-)
-# Types from modules the caller may not have imported: checked by name when present.
-_LIVE_STATE_TYPE_NAMES = (
-    ("socket", "socket", "it is a network socket"),
-    ("threading", "Thread", "it is a thread"),
-    ("threading", "Condition", "it is a lock"),
-    ("threading", "Semaphore", "it is a lock"),
-    ("threading", "Event", "it is a synchronisation event"),
-    ("sqlite3", "Connection", "it is a database connection"),
-    ("sqlite3", "Cursor", "it is a database cursor"),
-    ("multiprocessing.synchronize", "SemLock", "it is a lock"),
-    ("queue", "Queue", "it is a queue of live state"),
-    ("selectors", "BaseSelector", "it is a selector over live sockets"),
-    ("mmap", "mmap", "it is a memory-mapped file"),
-)
-
-
-def live_state_reason(cls: type) -> str | None:
-    """Why instances of ``cls`` hold live state that no digest can stand for, or None."""
-    for live_type, reason in _LIVE_STATE_TYPES:
-        if issubclass(cls, live_type):
-            return reason
-    for module_name, type_name, reason in _LIVE_STATE_TYPE_NAMES:
-        named_type = getattr(sys.modules.get(module_name), type_name, None)
-        if isinstance(named_type, type) and issubclass(cls, named_type):
-            return reason
-    return None
+_install()

@@ -23,25 +23,26 @@ separately. The Python version is part of it, because bytecode differs between v
 from __future__ import annotations
 
 import functools
-import os
-import site
 import sys
-import sysconfig
 import threading
 import types
 from collections.abc import Iterator
 from typing import Any
 
 from nbcache.exceptions import UnhashableValue
-from nbcache.keys.digest import value_digest
-from nbcache.keys.digest_stdlib import module_version
+from nbcache.keys.digest import TokenWriter, register_handler, use_class_fingerprint, value_digest
+from nbcache.keys.provenance import (
+    display_name,
+    is_user_module,
+    library_identity,
+    module_version,
+)
 
 __all__ = [
     "class_fingerprint",
     "code_token",
     "function_fingerprint",
     "function_fingerprint_parts",
-    "is_user_module",
 ]
 
 _FINGERPRINT_VERSION = "nbcache.keys.fingerprint/1"
@@ -100,7 +101,7 @@ def function_fingerprint(func: Any) -> str:
     if not isinstance(func, types.FunctionType):
         return value_digest(func)
     if not is_user_module(func.__module__):
-        return value_digest(("library function", *_library_identity(func)))
+        return value_digest(("library function", *library_identity(func)))
     with _guard(func) as first_visit:
         if not first_visit:
             return value_digest(("recursive reference", func.__qualname__))
@@ -114,7 +115,7 @@ def class_fingerprint(cls: type) -> str:
     cannot be digested count by their type only.
     """
     if not is_user_module(getattr(cls, "__module__", "") or ""):
-        return value_digest(("library class", *_library_identity(cls)))
+        return value_digest(("library class", *library_identity(cls)))
     with _guard(cls) as first_visit:
         if not first_visit:
             return value_digest(("recursive reference", cls.__qualname__))
@@ -135,7 +136,7 @@ def function_fingerprint_parts(func: Any) -> dict[str, str]:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        parts[_display_name(current)] = function_fingerprint(current)
+        parts[display_name(current)] = function_fingerprint(current)
         if isinstance(current, types.FunctionType):
             pending.extend(_user_callees(current))
         elif isinstance(current, type):
@@ -168,39 +169,6 @@ def code_token(code: types.CodeType, docstring: object = None) -> tuple[object, 
     )
 
 
-@functools.lru_cache(maxsize=4096)
-def _is_library_file(path: str) -> bool:
-    real = os.path.realpath(path)
-    return any(real.startswith(directory) for directory in _library_directories())
-
-
-@functools.lru_cache(maxsize=1)
-def _library_directories() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    candidates = [paths.get(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")]
-    candidates += site.getsitepackages() if hasattr(site, "getsitepackages") else []
-    candidates.append(site.getusersitepackages())
-    return tuple(os.path.realpath(path) + os.sep for path in candidates if path)
-
-
-def is_user_module(module_name: str | None) -> bool:
-    """Whether code from ``module_name`` is the user's own: the notebook or their modules.
-
-    Not user code: the standard library, anything installed in site-packages, and nbcache.
-    Code run in a namespace that is not an imported module (a notebook cell, ``exec``) is.
-    """
-    if not module_name or module_name == "__main__":
-        return True
-    top = module_name.partition(".")[0]
-    if top in sys.stdlib_module_names or top in ("nbcache", "builtins"):
-        return False
-    module = sys.modules.get(module_name)
-    if module is None:
-        return True
-    path = getattr(module, "__file__", None)
-    return not path or not _is_library_file(path)
-
-
 class _guard:
     """Marks an object as being fingerprinted by this thread; yields False if it already is."""
 
@@ -219,13 +187,6 @@ class _guard:
     def __exit__(self, *exc_info: object) -> None:
         if self._first:
             _in_progress.ids.discard(self._key)
-
-
-def _library_identity(obj: Any) -> tuple[str, str, str | None]:
-    module_name = getattr(obj, "__module__", None) or ""
-    module = sys.modules.get(module_name)
-    version = module_version(module) if module is not None else None
-    return module_name, getattr(obj, "__qualname__", repr(obj)), version
 
 
 def _function_token(func: types.FunctionType) -> tuple[object, ...]:
@@ -290,7 +251,7 @@ def _reference_token(value: Any, names: list[str]) -> object:
     if isinstance(value, (types.FunctionType, type)):
         return ("code", function_fingerprint(value))
     if isinstance(value, types.BuiltinFunctionType):
-        return ("builtin", *_library_identity(value))
+        return ("builtin", *library_identity(value))
     return None
 
 
@@ -384,7 +345,21 @@ def _class_callables(cls: type) -> Iterator[Any]:
                 yield from _user_callees(function)
 
 
-def _display_name(obj: Any) -> str:
-    module = getattr(obj, "__module__", None) or ""
-    name = getattr(obj, "__qualname__", repr(obj))
-    return name if module == "__main__" else f"{module}.{name}"
+# --- digests of code objects ----------------------------------------------------------
+
+
+def _function(writer: TokenWriter, value: types.FunctionType) -> None:
+    writer.raw(b"U")
+    writer.text(value.__module__ or "")
+    writer.text(value.__qualname__)
+    writer.raw(bytes.fromhex(function_fingerprint(value)))
+
+
+def _code(writer: TokenWriter, value: types.CodeType) -> None:
+    writer.raw(b"k")
+    writer.value(code_token(value))
+
+
+register_handler(types.FunctionType, _function, builtin=True)
+register_handler(types.CodeType, _code, builtin=True)
+use_class_fingerprint(class_fingerprint)

@@ -29,9 +29,9 @@ from nbcache.keys.fingerprint import (
     code_names,
     function_fingerprint,
     function_fingerprint_parts,
-    is_user_module,
     wrapper_chain,
 )
+from nbcache.keys.provenance import is_user_module
 
 _MISSING = object()
 _FROZEN_SCALARS = (type(None), bool, int, float, complex, str, bytes, range)
