@@ -21,7 +21,10 @@ _EXPORTS = {
     "NbcacheError": "nbcache.exceptions",
     "ConfigurationError": "nbcache.exceptions",
     "UnpicklableValueError": "nbcache.exceptions",
+    "UnhashableValue": "nbcache.exceptions",
+    "Entry": "nbcache.entries.envelope",
     "cached_result": "nbcache.functions.decorator",
+    "CacheInfo": "nbcache.functions.decorator",
     "register_token": "nbcache.keys.digest",
 }
 
@@ -33,9 +36,12 @@ if TYPE_CHECKING:
     from nbcache.cache import SimpleCache as SimpleCache
     from nbcache.config import configure as configure
     from nbcache.config import get_cache as get_cache
+    from nbcache.entries.envelope import Entry as Entry
     from nbcache.exceptions import ConfigurationError as ConfigurationError
     from nbcache.exceptions import NbcacheError as NbcacheError
+    from nbcache.exceptions import UnhashableValue as UnhashableValue
     from nbcache.exceptions import UnpicklableValueError as UnpicklableValueError
+    from nbcache.functions.decorator import CacheInfo as CacheInfo
     from nbcache.functions.decorator import cached_result as cached_result
     from nbcache.keys.digest import register_token as register_token
     from nbcache.stores.api import NO_VALUE as NO_VALUE
@@ -48,6 +54,11 @@ def __getattr__(name: str) -> Any:
     value = getattr(import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The public names (``dir(nbcache)``), whether or not they have been loaded yet."""
+    return [*__all__, "__version__"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
