@@ -39,6 +39,9 @@ def free_port() -> int:
 class MemcachedServer:
     """One memcached process of our own on 127.0.0.1."""
 
+    #: Processes started by every instance of this process, so far (tests check their markers).
+    started = 0
+
     def __init__(self, memory_mb: int = 64, item_size: str | None = None) -> None:
         self.memory_mb = memory_mb
         self.item_size = item_size
@@ -80,6 +83,7 @@ class MemcachedServer:
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
+        MemcachedServer.started += 1
         self._wait_until_listening()
         return self
 

@@ -23,7 +23,13 @@ SECRET = "aligned-values-test-secret"
 MIB = 1024 * 1024
 
 
-@pytest.fixture(params=["simple", "memcached", "memcached-compressed"])
+@pytest.fixture(
+    params=[
+        "simple",
+        pytest.param("memcached", marks=pytest.mark.memcached),
+        pytest.param("memcached-compressed", marks=pytest.mark.memcached),
+    ]
+)
 def cache(
     request: pytest.FixtureRequest, memcached_factory: Callable[..., MemcachedServer]
 ) -> Iterator[Cache]:

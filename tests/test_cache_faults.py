@@ -117,6 +117,7 @@ def test_killed_server_gives_misses_and_false_one_warning_and_costs_little(
     assert f"{server.address} failed" in warnings[0]
 
 
+@pytest.mark.slow
 def test_paused_server_costs_at_most_the_timeout_per_call(
     server: MemcachedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -149,6 +150,7 @@ def test_paused_server_costs_at_most_the_timeout_per_call(
     assert len(warnings_of(caplog, about=f"{server.address} failed")) == 1
 
 
+@pytest.mark.slow
 def test_restarted_server_is_used_again_without_any_action(
     server: MemcachedServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -284,6 +284,7 @@ def kernel_outputs(client: Any, code: str) -> list[tuple[str, Any]]:
     return outputs
 
 
+@pytest.mark.slow
 @pytest.mark.kernel
 def test_output_recorded_in_one_kernel_replays_the_same_in_another(tmp_path: Path) -> None:
     from jupyter_client.manager import start_new_kernel

@@ -425,6 +425,7 @@ def test_evicted_or_corrupt_chunk_on_memcached_is_a_miss(memcached_store: Memcac
     assert store.get_many(["evicted", "corrupt"]) == [NO_VALUE, NO_VALUE]
 
 
+@pytest.mark.slow
 @pytest.mark.memcached
 def test_interleaved_writers_on_memcached(memcached_store: MemcachedStore) -> None:
     store = ChunkedStore(memcached_store)
@@ -454,6 +455,7 @@ def _item_count(server: MemcachedServer) -> int:
     raise AssertionError("memcached did not report curr_items")
 
 
+@pytest.mark.slow
 @pytest.mark.memcached
 def test_writer_killed_mid_write_leaves_the_previous_whole_value(
     memcached_factory: Callable[..., MemcachedServer],

@@ -18,7 +18,7 @@ from nbcache.cache import Cache
 SECRET = "conformance-suite-secret-0123456789"
 
 
-@pytest.fixture(params=["simple", "memcached"])
+@pytest.fixture(params=["simple", pytest.param("memcached", marks=pytest.mark.memcached)])
 def cache(request: pytest.FixtureRequest) -> Iterator[Cache]:
     if request.param == "simple":
         yield SimpleCache()

@@ -32,7 +32,7 @@ def notebook(source: str, namespace: dict[str, Any] | None = None) -> dict[str, 
     return namespace
 
 
-@pytest.fixture(params=["simple", "memcached"])
+@pytest.fixture(params=["simple", pytest.param("memcached", marks=pytest.mark.memcached)])
 def cache(request: pytest.FixtureRequest) -> Iterator[nbcache.Cache]:
     if request.param == "simple":
         yield SimpleCache()
@@ -154,6 +154,7 @@ def test_custom_key_callable_stands_for_the_arguments() -> None:
     assert len(calls) == 1
 
 
+@pytest.mark.memcached
 def test_cache_clear_from_another_cache_object_is_seen(memcached: Any) -> None:
     kernel_a, kernel_b = MemcachedCache([memcached.address]), MemcachedCache([memcached.address])
     f_a, calls_a = counting(kernel_a)
@@ -312,6 +313,7 @@ def test_unpicklable_result_is_returned_with_one_warning(
     assert make_lock.cache_info().hits == 0
 
 
+@pytest.mark.memcached
 def test_a_dead_server_never_breaks_the_call(memcached: Any) -> None:
     cache = MemcachedCache([memcached.address], timeout=0.5, connect_timeout=0.5)
     f, calls = counting(cache)

@@ -56,6 +56,8 @@ def test_explains_an_edited_function_and_a_new_version() -> None:
     assert bumped.explain(frame) == "version changed"
 
 
+@pytest.mark.slow
+@pytest.mark.memcached
 def test_explains_expiry(memcached: Any) -> None:
     cache = MemcachedCache([memcached.address])
     ns = notebook(CELL)

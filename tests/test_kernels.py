@@ -10,7 +10,7 @@ import pytest
 from kernel_session import Kernel, kernel_environment
 from memcached_server import MemcachedServer
 
-pytestmark = [pytest.mark.kernel, pytest.mark.memcached]
+pytestmark = [pytest.mark.kernel, pytest.mark.memcached, pytest.mark.slow]
 
 SHARED_SECRET = "kernel-test-shared-secret"
 

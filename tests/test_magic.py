@@ -304,6 +304,7 @@ def test_nbcache_shows_backend_and_session_stats(shell: InteractiveShell):
     assert "time saved" in plain and "backend" in plain
 
 
+@pytest.mark.memcached
 def test_nbcache_use_and_clear_on_a_real_memcached(
     shell: InteractiveShell, memcached: MemcachedServer
 ):

@@ -129,6 +129,7 @@ def test_paused_server_costs_at_most_the_timeout_per_call(
     assert len(infos_of(caplog)) == 1
 
 
+@pytest.mark.slow
 def test_restarted_server_is_used_again_by_the_same_store(
     server: MemcachedServer,
     make_store: Callable[..., MemcachedStore],

@@ -2,7 +2,10 @@
 
 import os
 
+import pytest
 from memcached_server import MemcachedServer
+
+pytestmark = pytest.mark.memcached
 
 
 def test_server_starts_answers_and_stops() -> None:

@@ -11,7 +11,7 @@ from kernel_session import REPOSITORY, kernel_environment
 from memcached_server import MemcachedServer
 from nbclient import NotebookClient
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 NOTEBOOKS = REPOSITORY / "notebooks"
 CELL_TIMEOUT = 120

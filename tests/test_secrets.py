@@ -66,6 +66,7 @@ for i in range(rounds):
 """
 
 
+@pytest.mark.slow
 def test_kernels_starting_together_agree_on_one_secret(tmp_path: Path) -> None:
     """Six processes race 20 times to create a secret file: all must read the winner's, whole."""
     rounds, racers = 20, 6
@@ -122,6 +123,7 @@ def test_argument_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     ]
 
 
+@pytest.mark.memcached
 @pytest.mark.parametrize("how", ["argument", "environment"])
 def test_too_short_secret_is_a_configuration_error_saying_what_to_do(
     how: str, monkeypatch: pytest.MonkeyPatch, memcached: MemcachedServer

@@ -56,6 +56,8 @@ def computations(log: Path) -> list[str]:
     return log.read_text().split() if log.exists() else []
 
 
+@pytest.mark.slow
+@pytest.mark.memcached
 def test_eight_processes_on_one_cold_key_compute_once(memcached: Any, tmp_path: Path) -> None:
     log = tmp_path / "computations"
     start_at = time.time() + 3.0  # after every interpreter has started and imported nbcache
@@ -66,6 +68,8 @@ def test_eight_processes_on_one_cold_key_compute_once(memcached: Any, tmp_path: 
     assert len(computations(log)) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.memcached
 def test_a_killed_holder_blocks_no_one_longer_than_its_lease(
     memcached: Any, tmp_path: Path
 ) -> None:
@@ -93,6 +97,8 @@ def test_a_killed_holder_blocks_no_one_longer_than_its_lease(
     assert waited < lease + 5.0
 
 
+@pytest.mark.slow
+@pytest.mark.memcached
 def test_a_live_holder_keeps_the_others_waiting_for_many_lease_periods(
     memcached: Any, tmp_path: Path
 ) -> None:
@@ -137,6 +143,7 @@ def test_threads_of_one_process_compute_once() -> None:
     assert computed == [1]
 
 
+@pytest.mark.memcached
 def test_a_failing_holder_lets_the_waiters_compute(memcached: Any) -> None:
     cache = MemcachedCache([memcached.address])
 
@@ -181,6 +188,8 @@ def test_a_failing_holder_lets_the_waiters_compute(memcached: Any) -> None:
     ],
     ids=["malformed", "never renewed"],
 )
+@pytest.mark.slow
+@pytest.mark.memcached
 def test_a_planted_lease_blocks_a_call_no_longer_than_the_lease(
     planted: bytes, lease: float, bound: float, memcached: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
