@@ -26,23 +26,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nbcache import MemcachedCache
-from nbcache.testing import MemcachedServer
+from nbcache.testing import MemcachedServer, resident_growth
 
 SECRET = "bench-secret-0123456789abcdef"
-
-
-def peak_rss_reset() -> None:
-    """Make the kernel's peak resident size start again from the current size (Linux)."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
-
-
-def rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def timed(call: Any, repeat: int) -> list[float]:
@@ -85,11 +71,9 @@ def big_values(cache: MemcachedCache, mib: int, repeat: int, label: str) -> None
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     del got
-    gc.collect()
-    before = rss_kib("VmRSS")
-    peak_rss_reset()
-    got = cache.get("big")
-    rss_peak = (rss_kib("VmHWM") - before) * 1024
+    with resident_growth() as growth:
+        got = cache.get("big")
+    rss_peak = growth.peak
     del got
     print(
         f"  peak memory of a hit: tracemalloc {traced_peak / size:.3f}x the result, "

@@ -16,6 +16,8 @@ from typing import Any
 import peers
 import workloads
 
+from nbcache.testing import resident_growth
+
 
 def median_call_seconds(call: Callable[[], Any], budget: float, min_repeats: int = 3) -> dict:
     """Median seconds per call, repeats scaled to ``budget``: fast calls get many more.
@@ -120,35 +122,19 @@ def traced_peak_bytes(call: Callable[[], Any]) -> int:
 
 
 def peak_memory(workload_name: str, contestant: str, env: peers.Env, quick: bool) -> dict:
-    """Resident bytes one hit adds at its peak: VmHWM after the hit minus VmRSS before.
+    """Resident bytes one hit adds at its peak (:func:`nbcache.testing.resident_growth`).
 
-    The peak is reset first (``/proc/self/clear_refs``), and the parent runs this process
-    with glibc's mmap threshold fixed low so big blocks freed earlier go back to the system
-    instead of being reused silently. The result is kept alive until the reading.
+    The parent runs this process with glibc's mmap threshold fixed low so big blocks freed
+    earlier go back to the system instead of being reused silently. The result is kept alive
+    until the reading.
     """
     workload = workloads.build(workload_name, quick)
     cached, close = peers.make(contestant, workload.function, env)
     try:
         cached(*workload.hit_args)  # a hit if the timing run left the entry, else a fill
-        gc.collect()
-        reset_peak_rss()
-        before = rss_bytes("VmRSS")
-        result = cached(*workload.hit_args)
-        peak = rss_bytes("VmHWM")
+        with resident_growth() as growth:
+            result = cached(*workload.hit_args)
         del result
     finally:
         close()
-    return {"peak_memory": peak - before, "peak_memory_method": "rss"}
-
-
-def reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as control:
-        control.write("5")
-
-
-def rss_bytes(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} is not in /proc/self/status")
+    return {"peak_memory": growth.peak, "peak_memory_method": "rss"}

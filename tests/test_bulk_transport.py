@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from memcached_server import MemcachedServer
-from resident_memory import resident_growth
 
 from nbcache import MemcachedCache
 from nbcache.exceptions import StoreFault
 from nbcache.stores.api import NO_VALUE
 from nbcache.stores.chunked import ChunkedStore, ChunkTransport
 from nbcache.stores.memcached.store import MemcachedStore
+from nbcache.testing import resident_growth
 
 pytestmark = pytest.mark.memcached
 

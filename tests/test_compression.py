@@ -12,13 +12,13 @@ from collections.abc import Callable
 
 import pytest
 from memcached_server import MemcachedServer
-from resident_memory import resident_growth
 
 from nbcache import MemcachedCache
 from nbcache.stores.api import NO_VALUE, ByteStore
 from nbcache.stores.compressed import MIN_SIZE, SAMPLE_BYTES, CompressedStore
 from nbcache.stores.memory import MemoryStore
 from nbcache.stores.namespace import NamespacedStore
+from nbcache.testing import resident_growth
 
 SECRET = "compression-test-secret-0123456789"
 
