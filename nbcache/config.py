@@ -35,10 +35,25 @@ _MEMCACHED_OPTIONS = {
 
 
 def configure(cache: Cache | str | None = None) -> Cache:
-    """Set the default cache from a cache object or a URL; None goes back to the environment."""
+    """Set the default cache that ``@cached_result`` and ``%%cache`` use; returns it.
+
+    Args:
+        cache: a cache object (``SimpleCache(...)``, ``MemcachedCache(...)``), a URL, or
+            None to go back to ``NBCACHE_URL`` (read again at the next use) or, without it,
+            an in-process cache. URLs:
+
+            - ``simple://`` with query options ``threshold``, ``max_bytes``,
+              ``default_timeout``;
+            - ``memcached://HOST:PORT[,HOST:PORT...]`` with query options ``key_prefix``,
+              ``default_timeout``, ``timeout``, ``connect_timeout``.
+
+    Raises :class:`~nbcache.exceptions.ConfigurationError` for a URL it cannot use, naming
+    what is wrong; the previous default stays in place then.
+    """
     global _default
+    new_default = None if cache is None else cache_from(cache)
     with _lock:
-        _default = None if cache is None else cache_from(cache)
+        _default = new_default
     return get_cache()
 
 

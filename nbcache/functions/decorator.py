@@ -112,15 +112,22 @@ def cached_result(
 ) -> Any:
     """Memoize ``func`` in a cache, keyed on its code and the values of its arguments.
 
-    ``timeout``: seconds an entry lives; None means the cache's default (5 minutes unless
-    configured), 0 never expires. ``cache``: None means :func:`nbcache.get_cache` at each
-    call, so a later :func:`nbcache.configure` takes effect. ``key``: a callable taking the
-    function's arguments and returning a value (anything nbcache can digest) that stands for
-    them in the key, for arguments better identified by something cheaper (a path and its
-    mtime). ``ignore``: parameter names left out of the key (``"self"`` for methods whose
-    instance does not matter). ``version``: any value; changing it starts afresh.
-    ``lease``: seconds a caller computing a missed key keeps others waiting if it dies
-    (while alive it renews its lease, however long it computes).
+    Use it bare (``@cached_result``) or with options (``@cached_result(timeout=600)``).
+
+    Args:
+        timeout: seconds an entry lives; None means the cache's default (5 minutes unless
+            configured), 0 never expires.
+        cache: the cache to use; None means :func:`nbcache.get_cache` at each call, so a
+            later :func:`nbcache.configure` takes effect.
+        key: a callable taking the function's arguments and returning a value (anything
+            nbcache can digest) that stands for them in the key, for arguments better
+            identified by something cheaper (a path and its mtime).
+        ignore: parameter names left out of the key (``"self"`` for methods whose instance
+            does not matter, ``"verbose"``); a name the function does not take is a
+            ``ValueError``.
+        version: any value nbcache can digest; changing it starts afresh.
+        lease: seconds a caller computing a missed key keeps others waiting if it dies
+            (while alive it renews its lease, however long it computes).
 
     The wrapper has ``cache_key(*a, **kw)``, ``invalidate(*a, **kw)``, ``cache_clear()``,
     ``cache_info()``, ``explain(*a, **kw)`` and ``__wrapped__``. For a method, pass the
