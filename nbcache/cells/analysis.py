@@ -23,6 +23,11 @@ The rules the ``%%cache`` magic relies on:
   empty the caller should run the cell without caching.
 - ``$name`` and ``{expr}`` in magic lines and shell commands are reads: IPython expands them
   from the namespace. ``%time stmt`` and ``%%time`` are analysed as the code they time.
+- ``members`` tells how each input is used: the attribute chains read from it (``hm.scale``
+  gives ``("scale",)``), and the empty chain when the name is also used on its own (passed,
+  returned, reloaded). A module of the user's own is keyed by the members the cell uses.
+- ``incidental`` are outputs bound only by imports and as loop variables: restored on a hit
+  like every output, but not worth naming in the note that says what was restored.
 """
 
 from __future__ import annotations
@@ -48,6 +53,14 @@ class CellCode:
     last_expression: bool
     display_suppressed: bool
     opaque: tuple[str, ...] = ()
+    #: ``(input, chain)``: the attribute chains read from each input; ``()`` used on its own.
+    members: frozenset[tuple[str, tuple[str, ...]]] = frozenset()
+    incidental: frozenset[str] = frozenset()
+
+    def chains(self, name: str) -> frozenset[tuple[str, ...]]:
+        """The attribute chains the cell reads from input ``name`` (``()``: used on its own)."""
+        found = frozenset(chain for owner, chain in self.members if owner == name)
+        return found or frozenset({()})
 
 
 def analyze_cell(source: str) -> CellCode:
@@ -74,7 +87,55 @@ def analyze_cell(source: str) -> CellCode:
         last_expression=bool(tree.body) and isinstance(tree.body[-1], ast.Expr),
         display_suppressed=suppressed,
         opaque=tuple(dict.fromkeys(flow.opaque)),
+        members=member_chains(tree, inputs),
+        incidental=frozenset(_incidental_bindings(tree)),
     )
+
+
+def member_chains(tree: ast.AST, names: set[str]) -> frozenset[tuple[str, tuple[str, ...]]]:
+    """``(name, chain)`` for each attribute chain read from one of ``names`` in ``tree``.
+
+    ``a.b.c`` gives ``("b", "c")`` for ``a``; a use of ``a`` that is not the start of an
+    attribute chain gives ``()``. Nested functions count too (they may run during the cell).
+    """
+    chains: set[tuple[str, tuple[str, ...]]] = set()
+    parents: dict[int, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[id(child)] = node
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Name) or node.id not in names:
+            continue
+        chain: list[str] = []
+        current: ast.AST = node
+        parent = parents.get(id(current))
+        while isinstance(parent, ast.Attribute) and parent.value is current:
+            chain.append(parent.attr)
+            current, parent = parent, parents.get(id(parent))
+        chains.add((node.id, tuple(chain)))
+    return frozenset(chains)
+
+
+def _incidental_bindings(tree: ast.Module) -> set[str]:
+    """Names bound only by imports or as loop targets, and by no other statement."""
+    incidental: set[str] = set()
+    target_nodes: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            incidental |= {alias.asname or alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
+            for name in ast.walk(node.target):
+                if isinstance(name, ast.Name):
+                    incidental.add(name.id)
+                    target_nodes.add(id(name))
+    other: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            if id(node) not in target_nodes:
+                other.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            other.add(node.name)
+    return incidental - other
 
 
 def display_suppressed(source: str) -> bool:

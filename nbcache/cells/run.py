@@ -1,18 +1,11 @@
 """Get-or-run for one notebook cell: the logic of ``%%cache``, independent of IPython's Magics.
 
 The key is the cell's label, its normalised code and a digest of every input the cell reads
-from the user namespace (values by :func:`~nbcache.keys.digest.value_digest`, functions and
-classes by code fingerprint, modules by name and version). On a miss the body runs while its
-output is recorded (and still shown live); if it succeeds, the cell's effects on the namespace
-are stored with the recording and the value of its last expression. On a hit those effects
-are applied to the namespace, the output is replayed in order, and the last expression's value
-becomes the cell's result.
-
-The effects of a run are measured, not guessed: a name the cell may bind is stored when it
-was bound (new, another object, or bound by an unconditional top-level statement), a name the
-cell may delete is deleted on a hit only if the run deleted it, and an input whose digest
-changed during the run (mutated in place) is stored too. A name the run left alone is left
-alone on a hit.
+from the user namespace (:mod:`nbcache.cells.key`). On a miss the body runs while its output
+is recorded (and still shown live); if it succeeds, the run's effects on the namespaces are
+stored with the recording and the value of its last expression. On a hit those effects are
+replayed (:mod:`nbcache.cells.effects`), the output is replayed in order, and the last
+expression's value becomes the cell's result.
 
 Nothing here may break the user's computation: an input without a digest, code the analysis
 cannot trust, an output that cannot be pickled or a cache fault each cost one warning on the
@@ -25,26 +18,29 @@ from __future__ import annotations
 import ast
 import logging
 import time
-import types
 from dataclasses import dataclass
 from typing import Any
 
 from nbcache.cache import Cache
 from nbcache.cells.analysis import CellCode, analyze_cell, display_suppressed
+from nbcache.cells.effects import (
+    Before,
+    Effects,
+    apply_effects,
+    measure_effects,
+    take_before,
+)
 from nbcache.cells.execution import run_body
+from nbcache.cells.key import Watched, cell_key, input_state
 from nbcache.cells.output import RecordedOutput, record_output, replay_output
-from nbcache.cells.rebind import rebind_globals
 from nbcache.cells.stats import SessionStats, format_seconds
 from nbcache.exceptions import UnhashableValue, UnpicklableValueError
-from nbcache.keys.digest import value_digest
-from nbcache.keys.snapshot import CodeSnapshot
 from nbcache.stores.api import NO_VALUE, NoValue
 
 log = logging.getLogger(__name__)
 
-#: Changes whenever the key's recipe or the stored payload's layout changes.
-KEY_VERSION = "nbcache.cell/1"
-PAYLOAD_FORMAT = 1
+#: Changes whenever the stored payload's layout changes.
+PAYLOAD_FORMAT = 2
 _NAMES_IN_NOTE = 6
 
 
@@ -72,6 +68,9 @@ class _Plan:
     code: CellCode
     input_digests: dict[str, str]
     surely_bound: frozenset[str]
+    #: What a run may change besides the cell's own names (see nbcache.cells.effects).
+    watched: list[Watched]
+    namespaces: dict[str, dict[str, Any]]
 
 
 def run_cached_cell(
@@ -103,34 +102,19 @@ def run_cached_cell(
             return _shown(restored[0])
     stats.record_miss()
     show = plan.code.last_expression and not plan.code.display_suppressed
-    before = _snapshot(shell.user_ns, plan.code.outputs | plan.code.deleted)
+    before = take_before(
+        shell.user_ns,
+        plan.code.outputs | plan.code.deleted,
+        plan.surely_bound,
+        plan.namespaces,
+        plan.watched,
+    )
     started = time.perf_counter()
     with record_output(shell) as recorded:
         result = run_body(shell, python_source, header, show_result=show)
     duration = time.perf_counter() - started
     _store(shell, cache, plan, options, before, recorded, result, duration)
     return _shown(result)
-
-
-def input_digest(value: object) -> str:
-    """The digest an input contributes to a cell's key.
-
-    Functions and classes count by code fingerprint (so editing a helper defined in another
-    cell changes the key) and by the values of the global data their code reads (so changing
-    a global a helper uses changes it too); modules by name and version; everything else by
-    value. Raises :class:`~nbcache.exceptions.UnhashableValue` for values without a digest.
-    """
-    if isinstance(value, types.FunctionType | type):
-        snapshot = CodeSnapshot.take(value)
-        global_digests, _ = snapshot.global_digests()
-        return "code:" + value_digest((snapshot.fingerprint, sorted(global_digests.items())))
-    return "value:" + value_digest(value)
-
-
-def cell_key(name: str, code: CellCode, input_digests: dict[str, str]) -> str:
-    """The cache key of a cell: its label, normalised code and input digests (a pure function)."""
-    recipe = (KEY_VERSION, name, code.normalized, sorted(input_digests.items()))
-    return "cell:" + value_digest(recipe)
 
 
 def hit_note(
@@ -188,11 +172,13 @@ def _plan(shell: Any, python_source: str, options: CellOptions) -> _Plan | None:
         return None
     user_ns = shell.user_ns
     digests: dict[str, str] = {}
+    watched: list[Watched] = []
+    namespaces: dict[str, dict[str, Any]] = {}
     for name in sorted(code.inputs):
         if name not in user_ns:
             continue  # a builtin, or a name the cell will fail on: absence is part of the key
         try:
-            digests[name] = input_digest(user_ns[name])
+            state = input_state(user_ns[name], code.chains(name), name=name, namespace=user_ns)
         except UnhashableValue as error:
             log.warning(
                 "nbcache: running %s without the cache: its input %r has no digest (%s: %s)",
@@ -202,8 +188,13 @@ def _plan(shell: Any, python_source: str, options: CellOptions) -> _Plan | None:
                 error.reason,
             )
             return None
+        digests[name] = state.digest
+        watched += state.watched
+        for module, namespace in state.namespaces.items():
+            namespaces.setdefault(module, namespace)
     surely_bound = _top_level_bindings(ast.parse(python_source))
-    return _Plan(cell_key(options.name, code, digests), code, digests, surely_bound)
+    key = cell_key(options.name, code, digests)
+    return _Plan(key, code, digests, surely_bound, watched, namespaces)
 
 
 # -- hits ------------------------------------------------------------------------------------
@@ -220,15 +211,13 @@ def _restore(
     if not _is_payload(payload):
         log.warning("nbcache: ignored the entry for %s: it is not a cell entry", options.label)
         return None
+    effects: Effects = payload["effects"]
     try:
-        namespace = shell.user_global_ns
-        bound = {name: rebind_globals(v, namespace) for name, v in payload["bound"].items()}
-        shell.push(bound, interactive=True)
-        for name in payload["deleted"]:
-            shell.user_ns.pop(name, None)
+        apply_effects(shell, effects, options.label)
         if not options.quiet:
+            names = [n for n in effects.restored_names() if n not in plan.code.incidental]
             note = hit_note(
-                list(bound), cache.name, entry.created, entry.duration, entry.expires, time.time()
+                names, cache.name, entry.created, entry.duration, entry.expires, time.time()
             )
             print(note, flush=True)
         replay_output(shell, payload["output"], show_result=False)
@@ -247,8 +236,7 @@ def _is_payload(payload: object) -> bool:
     return (
         isinstance(payload, dict)
         and payload.get("format") == PAYLOAD_FORMAT
-        and isinstance(payload.get("bound"), dict)
-        and isinstance(payload.get("deleted"), list)
+        and isinstance(payload.get("effects"), Effects)
         and isinstance(payload.get("output"), RecordedOutput)
         and "result" in payload
     )
@@ -257,25 +245,18 @@ def _is_payload(payload: object) -> bool:
 # -- misses ----------------------------------------------------------------------------------
 
 
-_ABSENT = object()
-
-
-def _snapshot(user_ns: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
-    return {name: user_ns.get(name, _ABSENT) for name in names}
-
-
 def _store(
     shell: Any,
     cache: Cache,
     plan: _Plan,
     options: CellOptions,
-    before: dict[str, Any],
+    before: Before,
     recorded: RecordedOutput,
     result: Any,
     duration: float,
 ) -> None:
     try:
-        bound, deleted = _effects(shell.user_ns, plan, before)
+        effects = measure_effects(before)
     except Exception as error:  # measuring effects must not break a cell that succeeded
         log.warning(
             "nbcache: %s ran, but nothing was stored (%s: %s)",
@@ -286,19 +267,18 @@ def _store(
         return
     payload = {
         "format": PAYLOAD_FORMAT,
-        "bound": bound,
-        "deleted": deleted,
+        "effects": effects,
         "output": recorded,
         "result": result,
     }
-    meta = {"cell": options.name, "bound": sorted(bound)}
+    meta = {"cell": options.name, "bound": effects.restored_names()}
     try:
         cache.entries.set(plan.key, payload, options.timeout, duration=duration, meta=meta)
     except UnpicklableValueError as error:
         log.warning(
             "nbcache: %s ran, but nothing was stored: %s cannot be pickled (%s)",
             options.label,
-            _unpicklable_part(bound, result),
+            _unpicklable_part(effects, result),
             error.reason,
         )
     except Exception as error:  # a cache fault costs the entry, never the computation
@@ -310,36 +290,17 @@ def _store(
         )
 
 
-def _effects(
-    user_ns: dict[str, Any], plan: _Plan, before: dict[str, Any]
-) -> tuple[dict[str, Any], list[str]]:
-    """What the run did to the namespace: names it bound (with values), names it deleted."""
-    bound: dict[str, Any] = {}
-    deleted: list[str] = []
-    for name in sorted(before):
-        old, new = before[name], user_ns.get(name, _ABSENT)
-        if new is _ABSENT:
-            if old is not _ABSENT:
-                deleted.append(name)
-        elif new is not old or name in plan.surely_bound:
-            bound[name] = new
-    for name, digest in plan.input_digests.items():
-        if name in bound or name in before or name not in user_ns:
-            continue
-        try:
-            changed = input_digest(user_ns[name]) != digest
-        except UnhashableValue:
-            changed = True
-        if changed:  # mutated in place: a hit must reproduce the new state
-            bound[name] = user_ns[name]
-    return bound, deleted
-
-
-def _unpicklable_part(bound: dict[str, Any], result: Any) -> str:
+def _unpicklable_part(effects: Effects, result: Any) -> str:
     """Names the first stored part that cannot be pickled, for the warning."""
     from nbcache.entries.serializer import dumps
 
-    candidates: list[tuple[str, Any]] = [(repr(name), value) for name, value in bound.items()]
+    candidates: list[tuple[str, Any]] = [
+        (repr(name), value) for name, value in {**effects.bound, **effects.mutated}.items()
+    ]
+    candidates += [
+        (repr(f"{module}.{name}"), value)
+        for (module, name), value in {**effects.module_bound, **effects.module_mutated}.items()
+    ]
     if not isinstance(result, NoValue):
         candidates.append(("the cell's result", result))
     for label, value in candidates:
