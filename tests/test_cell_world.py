@@ -18,7 +18,8 @@ from IPython.utils.capture import capture_output
 def shell(ipython_shell: Any, tmp_path: Path) -> Iterator[Any]:
     """A shell with nbcache loaded, ``tmp_path`` importable, and a counter of cell runs."""
     ipython_shell.user_ns["counter_file"] = str(tmp_path / "runs.txt")
-    ok(ipython_shell, "def count_run():\n    with open(counter_file, 'a') as f:\n        f.write('.')")
+    counting = "def count_run():\n    with open(counter_file, 'a') as f:\n        f.write('.')"
+    ok(ipython_shell, counting)
     ok(ipython_shell, "%load_ext nbcache")
     sys.path.insert(0, str(tmp_path))
     modules = set(sys.modules)
@@ -101,9 +102,7 @@ def test_the_globals_a_user_module_function_reads_are_inputs(shell: Any, tmp_pat
     assert shell.user_ns["limit"] == 6
 
 
-def test_a_package_submodule_used_through_a_chain_is_keyed_by_its_code(
-    shell: Any, tmp_path: Path
-):
+def test_a_package_submodule_used_through_a_chain_is_keyed_by_its_code(shell: Any, tmp_path: Path):
     package = tmp_path / "user_helpers_pkg"
     package.mkdir()
     (package / "__init__.py").write_text("from . import ops\n")
@@ -153,9 +152,7 @@ def test_globals_a_helper_rebinds_or_creates_are_replayed_on_a_hit(shell: Any):
     assert (shell.user_ns["calls"], shell.user_ns["last_fit"]) == (1, 42)
 
 
-def test_a_user_module_global_its_function_changes_is_replayed_on_a_hit(
-    shell: Any, tmp_path: Path
-):
+def test_a_user_module_global_its_function_changes_is_replayed_on_a_hit(shell: Any, tmp_path: Path):
     write_module(
         tmp_path / "user_helpers_registry.py",
         "SEEN = []\ndef remember(item):\n    SEEN.append(item)\n    return len(SEEN)\n",
