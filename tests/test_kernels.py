@@ -97,3 +97,69 @@ def test_an_inline_figure_is_replayed_as_png_in_the_other_kernel(
     assert images_b == images_a, "kernel B must show the same one image, and only it"
     assert base64.b64decode(images_b[0]).startswith(b"\x89PNG")
     assert kernel_b.run_ok("print(fig.axes[0].get_title())").stdout == "first fifty\n"
+
+
+NOTEBOOK_CODE = """from dataclasses import dataclass
+import numpy as np
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+    def norm2(self):
+        return self.x ** 2 + self.y ** 2
+
+def log1p_features(X):
+    return np.log1p(X)"""
+
+
+def test_notebook_classes_and_functions_restored_in_another_kernel_are_that_kernels_own(
+    start_kernel: Callable[[], Kernel], tmp_path: Path
+):
+    kernel_a, kernel_b = start_kernel(), start_kernel()
+    cell = (
+        "%%cache shapes\ncount_run()\n"
+        "from sklearn.preprocessing import FunctionTransformer\n"
+        "q = Point(5, 6)\npipe = FunctionTransformer(log1p_features)"
+    )
+    check = "print(isinstance(q, Point), q == Point(5, 6), pipe.func is log1p_features)"
+    for kernel in (kernel_a, kernel_b):
+        kernel.run_ok(NOTEBOOK_CODE)
+        kernel.run_ok(cell)
+        assert kernel.run_ok(check).stdout == "True True True\n"
+    assert runs(tmp_path) == 1, "kernel B ran the cell instead of restoring it"
+
+
+def test_a_class_the_restoring_kernel_defines_differently_comes_back_as_the_stored_copy(
+    start_kernel: Callable[[], Kernel], tmp_path: Path
+):
+    kernel_a, kernel_b = start_kernel(), start_kernel()
+    cell = (
+        "%%cache local\ncount_run()\n"
+        "class Local:\n    def version(self):\n        return 'stored'\nobj = Local()"
+    )
+    kernel_a.run_ok(cell)
+    kernel_b.run_ok("class Local:\n    def version(self):\n        return 'other'\nbefore = Local")
+    kernel_b.run_ok(cell)
+    assert runs(tmp_path) == 1
+    check = "print(obj.version(), isinstance(obj, Local), Local is before)"
+    assert kernel_b.run_ok(check).stdout == "stored True False\n"
+
+
+def test_a_cached_function_result_holds_the_restoring_kernels_own_classes(
+    start_kernel: Callable[[], Kernel], tmp_path: Path
+):
+    kernel_a, kernel_b = start_kernel(), start_kernel()
+    define = (
+        "from nbcache import cached_result\n"
+        "@cached_result\n"
+        "def corners(n):\n    count_run()\n    return [Point(i, -i) for i in range(n)]"
+    )
+    for kernel in (kernel_a, kernel_b):
+        kernel.run_ok(NOTEBOOK_CODE)
+        kernel.run_ok(define)
+        kernel.run_ok("points = corners(3)")
+        check = "print(all(isinstance(p, Point) for p in points), points[2] == Point(2, -2))"
+        assert kernel.run_ok(check).stdout == "True True\n"
+    assert runs(tmp_path) == 1, "kernel B computed instead of restoring"

@@ -35,6 +35,7 @@ from nbcache.cells.key import Watched, cell_key, input_state
 from nbcache.cells.output import RecordedOutput, record_output, replay_output
 from nbcache.cells.stats import SessionStats, format_seconds
 from nbcache.exceptions import UnhashableValue, UnpicklableValueError
+from nbcache.keys.fingerprint import function_fingerprint
 from nbcache.stores.api import NO_VALUE, NoValue
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def _restore(
     shell: Any, cache: Cache, plan: _Plan, options: CellOptions
 ) -> tuple[Any, float | None] | None:
     """Apply a stored run to the namespace and show its output; None on a miss."""
-    entry = cache.get_entry(plan.key)
+    entry = cache.entries.get(plan.key, function_fingerprint)
     if isinstance(entry, NoValue):
         return None
     payload = entry.value
@@ -273,7 +274,14 @@ def _store(
     }
     meta = {"cell": options.name, "bound": effects.restored_names()}
     try:
-        cache.entries.set(plan.key, payload, options.timeout, duration=duration, meta=meta)
+        cache.entries.set(
+            plan.key,
+            payload,
+            options.timeout,
+            duration=duration,
+            meta=meta,
+            code_fingerprint=function_fingerprint,
+        )
     except UnpicklableValueError as error:
         log.warning(
             "nbcache: %s ran, but nothing was stored: %s cannot be pickled (%s)",

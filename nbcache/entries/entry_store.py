@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
+from nbcache.entries.code_identity import CodeFingerprint
 from nbcache.entries.envelope import Entry, Envelope
 from nbcache.exceptions import EntryRefused, StoreFault
 from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, NoValue
@@ -50,9 +51,13 @@ class EntryStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get(self, key: str) -> Entry | NoValue:
-        """The live entry under ``key``, or NO_VALUE on a miss, a refusal or a fault."""
-        return self.open(key, self.call(self.store.get, NO_VALUE, key))
+    def get(self, key: str, code_fingerprint: CodeFingerprint | None = None) -> Entry | NoValue:
+        """The live entry under ``key``, or NO_VALUE on a miss, a refusal or a fault.
+
+        ``code_fingerprint``: classes and functions pickled by value come back as this
+        process's own where they are the same code (:mod:`nbcache.entries.code_identity`).
+        """
+        return self.open(key, self.call(self.store.get, NO_VALUE, key), code_fingerprint)
 
     def get_many(self, keys: Sequence[str]) -> list[Entry | NoValue]:
         """Entries in the order of ``keys``, NO_VALUE for each miss; one store round trip."""
@@ -60,14 +65,20 @@ class EntryStore:
         return [self.open(key, raw) for key, raw in zip(keys, raws, strict=True)]
 
     def get_token_and_entries(
-        self, token_key: str, keys: Sequence[str]
+        self,
+        token_key: str,
+        keys: Sequence[str],
+        code_fingerprint: CodeFingerprint | None = None,
     ) -> tuple[str | None, list[Entry | NoValue]]:
         """The token under ``token_key`` (see :meth:`set_token`) and the entries; one round trip.
 
         The token is None if missing, or if what is there is not a token (planted, corrupt).
+        ``code_fingerprint``: as for :meth:`get`.
         """
         raws = self.call(self.store.get_many, [NO_VALUE] * (len(keys) + 1), [token_key, *keys])
-        entries = [self.open(key, raw) for key, raw in zip(keys, raws[1:], strict=True)]
+        entries = [
+            self.open(key, raw, code_fingerprint) for key, raw in zip(keys, raws[1:], strict=True)
+        ]
         return token_from(raws[0]), entries
 
     def has(self, key: str) -> bool:
@@ -86,11 +97,14 @@ class EntryStore:
         duration: float | None = None,
         meta: dict[str, Any] | None = None,
         tag: str = "",
+        code_fingerprint: CodeFingerprint | None = None,
     ) -> bool:
         """Store ``value``; True if stored.
 
         ``duration`` (seconds the value took to compute), ``meta`` (JSON-able) and ``tag`` (a
-        short string readers check cheaply) travel in the entry's header. Raises
+        short string readers check cheaply) travel in the entry's header.
+        ``code_fingerprint``: recorded for each class and function pickled by value, so that
+        a reader passing one to :meth:`get` gets its own back. Raises
         :class:`~nbcache.exceptions.UnpicklableValueError` if the value cannot be serialized;
         nothing is stored then and an older value is left as it was.
         """
@@ -98,7 +112,9 @@ class EntryStore:
         if ttl is not None and ttl < 0:
             self.delete(key)
             return True
-        frames = self.envelope.seal(key, value, _expires(ttl), duration, meta, tag)
+        frames = self.envelope.seal(
+            key, value, _expires(ttl), duration, meta, tag, code_fingerprint
+        )
         return bool(self.call(self.store.set, False, key, frames, ttl))
 
     def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
@@ -197,12 +213,14 @@ class EntryStore:
             return None
         return float(timeout)
 
-    def open(self, key: str, raw: Any) -> Entry | NoValue:
+    def open(
+        self, key: str, raw: Any, code_fingerprint: CodeFingerprint | None = None
+    ) -> Entry | NoValue:
         """The live, trusted entry in ``raw`` (read under ``key``), or NO_VALUE."""
         if isinstance(raw, NoValue):
             return NO_VALUE
         try:
-            entry = self.envelope.open(key, raw)
+            entry = self.envelope.open(key, raw, code_fingerprint)
         except EntryRefused as refusal:
             _warn_refused(key, refusal)
             return NO_VALUE

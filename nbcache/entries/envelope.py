@@ -40,6 +40,7 @@ import time
 from typing import Any, NamedTuple
 
 from nbcache.entries import serializer
+from nbcache.entries.code_identity import CodeFingerprint
 from nbcache.entries.signing import KEY_ID_SIZE, MAC_SIZE, Signer
 from nbcache.exceptions import EntryRefused
 from nbcache.stores import buffers as aligned
@@ -182,14 +183,16 @@ class Envelope:
         duration: float | None = None,
         meta: dict[str, Any] | None = None,
         tag: str = "",
+        code_fingerprint: CodeFingerprint | None = None,
     ) -> list[Buffer]:
         """The entry for ``value`` under ``key``, as frames (big buffers are not copied).
 
         ``meta`` must be JSON-able; ``tag`` is a short string a reader can check without
-        parsing ``meta``. Raises :class:`~nbcache.exceptions.UnpicklableValueError` if the
-        value can't be pickled.
+        parsing ``meta``; ``code_fingerprint``, see :mod:`nbcache.entries.code_identity`.
+        Raises :class:`~nbcache.exceptions.UnpicklableValueError` if the value can't be
+        pickled.
         """
-        frames = serializer.dumps(value, key)
+        frames = serializer.dumps(value, key, code_fingerprint)
         header_bytes = Header(
             serializer=serializer.NAME,
             python=PYTHON,
@@ -250,10 +253,16 @@ class Envelope:
             raise EntryRefused("truncated entry")
         return header, frames
 
-    def open(self, key: str, entry: Buffer) -> Entry:
-        """The value of a trusted entry; :class:`EntryRefused` if untrusted or unloadable."""
+    def open(
+        self, key: str, entry: Buffer, code_fingerprint: CodeFingerprint | None = None
+    ) -> Entry:
+        """The value of a trusted entry; :class:`EntryRefused` if untrusted or unloadable.
+
+        ``code_fingerprint``: see :mod:`nbcache.entries.code_identity`.
+        """
         header, frames = self.open_header(key, entry)
-        value = serializer.loads(frames[0], [_usable(key, buffer) for buffer in frames[1:]])
+        buffers = [_usable(key, buffer) for buffer in frames[1:]]
+        value = serializer.loads(frames[0], buffers, code_fingerprint)
         return Entry(
             value, header.created, header.expires, header.duration, header.tag, header.meta_json
         )

@@ -3,15 +3,23 @@
 Large contiguous buffers (numpy arrays, pandas blocks, bytes-like objects that support it) are
 kept out of band: they are not copied into the pickle stream but handed over as memoryviews of
 the memory where they already lie, so a 256 MiB array is signed and sent without being copied.
+
+Classes and functions defined in a notebook are pickled by value: loaded in another kernel,
+cloudpickle rebuilds copies of them. Given a *code fingerprint* function, :func:`dumps` records
+the identity of each and :func:`loads` gives back the loading process's own object where it
+is the same code (:mod:`nbcache.entries.code_identity`).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nbcache.entries.code_identity import CodeFingerprint, loading_with, with_identity
 from nbcache.exceptions import EntryRefused, UnpicklableValueError
 
 #: The serializer's name, as written into every entry's header.
@@ -39,13 +47,20 @@ def cloudpickle_version() -> str:
     return str(cloudpickle.__version__)
 
 
-def dumps(value: Any, key: str | None = None) -> Frames:
-    """Serialize ``value``; raise :class:`UnpicklableValueError` naming the type if it can't be."""
-    import cloudpickle
+def dumps(
+    value: Any, key: str | None = None, code_fingerprint: CodeFingerprint | None = None
+) -> Frames:
+    """Serialize ``value``; raise :class:`UnpicklableValueError` naming the type if it can't be.
 
+    ``code_fingerprint``: record the fingerprint of each class and function pickled by value,
+    so that :func:`loads` can give back the loading process's own (see the module docstring).
+    """
     buffers: list[pickle.PickleBuffer] = []
     try:
-        head = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        stream = io.BytesIO()
+        pickler = _pickler(stream, buffers.append, code_fingerprint)
+        pickler.dump(value)
+        head = stream.getvalue()
     except Exception as exc:  # pickling runs arbitrary __reduce__ code: any error means "can't"
         raise UnpicklableValueError(_type_name(value), _reason(exc), key) from exc
     views = []
@@ -58,15 +73,52 @@ def dumps(value: Any, key: str | None = None) -> Frames:
     return Frames(head, tuple(views))
 
 
-def loads(head: bytes | memoryview, buffers: list[memoryview]) -> Any:
+def loads(
+    head: bytes | memoryview,
+    buffers: list[memoryview],
+    code_fingerprint: CodeFingerprint | None = None,
+) -> Any:
     """Rebuild a value from its frames; any failure is an :class:`EntryRefused`.
 
     Buffers must be writable memory the caller owns: arrays rebuilt on them share it.
+    ``code_fingerprint``: classes and functions recorded with a fingerprint come back as this
+    process's own objects of the same name when their fingerprints are equal.
     """
     try:
-        return pickle.loads(head, buffers=buffers)
+        with loading_with(code_fingerprint):
+            return pickle.loads(head, buffers=buffers)
     except Exception as exc:  # a missing module, a changed class: the entry is unusable here
         raise EntryRefused(f"cannot load the value here: {_reason(exc)}") from exc
+
+
+def _pickler(
+    stream: io.BytesIO,
+    buffer_callback: Callable[[pickle.PickleBuffer], None],
+    code_fingerprint: CodeFingerprint | None,
+) -> Any:
+    """cloudpickle's pickler, recording the identity of code pickled by value if asked to."""
+    import cloudpickle
+
+    if code_fingerprint is None:
+        return cloudpickle.Pickler(stream, protocol=5, buffer_callback=buffer_callback)
+    pickler = _identity_pickler_class()(stream, protocol=5, buffer_callback=buffer_callback)
+    pickler.code_fingerprint = code_fingerprint
+    return pickler
+
+
+@functools.cache
+def _identity_pickler_class() -> type:
+    """A cloudpickle pickler whose by-value classes and functions carry their identity (made on
+    first use: importing cloudpickle is not cheap)."""
+    import cloudpickle
+
+    class IdentityPickler(cloudpickle.Pickler):  # type: ignore[misc]
+        code_fingerprint: CodeFingerprint
+
+        def reducer_override(self, obj: Any) -> Any:
+            return with_identity(obj, super().reducer_override(obj), self.code_fingerprint)
+
+    return IdentityPickler
 
 
 def _type_name(value: Any) -> str:

@@ -284,7 +284,7 @@ class CachedFunction:
         # The generation is a raw token read in the same round trip: only the entry is
         # opened (and MAC-checked), and its signed tag must name the current generation.
         generation, (entry,) = cache.entries.get_token_and_entries(
-            self.keys.generation_key, [call.key]
+            self.keys.generation_key, [call.key], function_fingerprint
         )
         if isinstance(entry, NoValue) or generation is None or entry.tag != generation:
             return NO_VALUE
@@ -317,7 +317,13 @@ class CachedFunction:
                 return
             meta = self._meta(call, generation)
             cache.entries.set(
-                call.key, value, self.timeout, duration=duration, meta=meta, tag=generation
+                call.key,
+                value,
+                self.timeout,
+                duration=duration,
+                meta=meta,
+                tag=generation,
+                code_fingerprint=function_fingerprint,
             )
         except UnpicklableValueError as problem:
             self._warn_once(
