@@ -17,6 +17,8 @@ from memcached_server import MemcachedServer, free_port
 from traitlets.config import Config
 
 import nbcache
+from nbcache.cells.run import hit_note
+from nbcache.cells.stats import SessionStats
 
 
 @dataclass
@@ -321,6 +323,19 @@ def test_nbcache_use_and_clear_on_a_real_memcached(
     assert isinstance(run(shell, "%nbcache frobnicate").error, UsageError)
 
 
+def test_nbcache_use_of_a_server_that_does_not_answer_keeps_the_cache_in_use(
+    shell: InteractiveShell, memcached: MemcachedServer
+):
+    run(shell, f"%nbcache use {memcached.url}")
+    nowhere = f"memcached://127.0.0.1:{free_port()}"
+    refused = run(shell, f"%nbcache use {nowhere}")
+    assert isinstance(refused.error, UsageError)
+    assert "cannot reach" in str(refused.error)
+    assert f"still using <MemcachedCache 127.0.0.1:{memcached.port}" in str(refused.error)
+    assert "now using" not in refused.stdout
+    assert f"127.0.0.1:{memcached.port}" in repr(nbcache.get_cache())
+
+
 def test_settings_are_traitlets(shell: InteractiveShell):
     shell.run_cell("%config NbcacheMagics.quiet = True\n")
     shell.run_cell("data = [1]")
@@ -332,3 +347,33 @@ def test_settings_are_traitlets(shell: InteractiveShell):
     time.sleep(0.4)
     run(shell, cell)
     assert runs(shell) == 3
+
+
+def test_the_hit_note_names_results_not_imports_or_loop_variables(shell: InteractiveShell):
+    cell = (
+        "%%cache\n" + COUNTED + "from math import sqrt\nimport os\n"
+        "roots = []\nfor k in range(3):\n    roots.append(sqrt(k))\n"
+        "total = sum(roots)"
+    )
+    run(shell, cell)
+    shell.run_cell("del sqrt, os, k, roots, total")
+    note = run(shell, cell).stdout.splitlines()[0]
+    assert runs(shell) == 1
+    assert note.startswith("nbcache: restored roots, total from memory ("), note
+    assert all(name in shell.user_ns for name in ("sqrt", "os", "k", "roots", "total"))
+
+
+def test_time_saved_counts_compute_time_less_restore_time():
+    stats = SessionStats()
+    stats.record_hit(2.0, 0.5)
+    stats.record_hit(0.1, 0.3)
+    stats.record_hit(None, 0.2)
+    assert stats.time_saved == pytest.approx(1.3)
+    assert ("time saved", "1.3 s") in stats.rows()
+
+
+def test_the_hit_note_shows_a_restore_time_that_is_a_sizeable_part_of_the_compute_time():
+    sizeable = hit_note(["df"], "memcached", 100.0, 2.0, None, 160.0, restore_time=0.8)
+    assert "(computed 1 min ago in 2.0 s, restored in 0.80 s, never expires)" in sizeable
+    negligible = hit_note(["df"], "memcached", 100.0, 2.0, None, 160.0, restore_time=0.06)
+    assert "restored in" not in negligible

@@ -22,8 +22,8 @@ from traitlets import Bool, Float, Unicode, default, observe
 from nbcache.cache import Cache
 from nbcache.cells.run import CellOptions, run_cached_cell
 from nbcache.cells.stats import SessionStats, format_seconds, status_bundle
-from nbcache.config import configure, get_cache
-from nbcache.exceptions import ConfigurationError
+from nbcache.config import cache_from, configure, get_cache
+from nbcache.exceptions import ConfigurationError, StoreFault
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _Decorator = Callable[[_F], _F]
@@ -120,7 +120,7 @@ class NbcacheMagics(Magics):  # type: ignore[misc]
         elif args.action == "use":
             if not args.target:
                 raise UsageError("%nbcache use needs a URL, e.g. memcached://127.0.0.1:11211")
-            cache = self._use(args.target)
+            cache = self._use(args.target, reach=True)
             print(f"nbcache: now using {cache!r}")
         elif args.action == "clear":
             if args.target:
@@ -164,11 +164,17 @@ class NbcacheMagics(Magics):  # type: ignore[misc]
             *self.stats.rows(),
         ]
 
-    def _use(self, url: str) -> Cache:
+    def _use(self, url: str, reach: bool = False) -> Cache:
+        """Switch to the cache at ``url``; with ``reach``, only if its server answers."""
         try:
-            return configure(url)
+            cache = cache_from(url)
         except ConfigurationError as error:
             raise UsageError(str(error)) from None
+        problem = _unreachable(cache) if reach else None
+        if problem is not None:
+            cache.store.close()
+            raise UsageError(f"cannot reach {cache!r} ({problem}); still using {get_cache()!r}")
+        return configure(cache)
 
 
 def _cache_or_warn() -> Cache | None:
@@ -182,6 +188,17 @@ def _cache_or_warn() -> Cache | None:
             error,
         )
         return None
+
+
+def _unreachable(cache: Cache) -> str | None:
+    """Why ``cache``'s store does not answer a read, or None when it does."""
+    try:
+        cache.store.get("nbcache:reachable")
+    except StoreFault as fault:
+        return str(fault)
+    except Exception as error:  # a broken backend is as unreachable as a dead server
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def _timeout(text: str, where: str) -> float:

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 #: Changes whenever the stored payload's layout changes.
 PAYLOAD_FORMAT = 2
 _NAMES_IN_NOTE = 6
+# A restore this long, and at least this share of the compute time, is named in the note.
+_NOTABLE_RESTORE = 0.05
+_NOTABLE_RESTORE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,13 @@ class CellOptions:
     @property
     def label(self) -> str:
         return f"cell {self.name!r}" if self.name else "this cell"
+
+
+@dataclass(frozen=True)
+class _Restored:
+    result: Any
+    duration: float | None
+    restore_time: float
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,8 @@ def run_cached_cell(
     if not options.force:
         restored = _restore(shell, cache, plan, options)
         if restored is not None:
-            stats.record_hit(restored[1])
-            return _shown(restored[0])
+            stats.record_hit(restored.duration, restored.restore_time)
+            return _shown(restored.result)
     stats.record_miss()
     show = plan.code.last_expression and not plan.code.display_suppressed
     before = take_before(
@@ -125,8 +135,13 @@ def hit_note(
     duration: float | None,
     expires: float | None,
     now: float,
+    restore_time: float = 0.0,
 ) -> str:
-    """The one line shown when a cell is restored."""
+    """The one line shown when a cell is restored.
+
+    The restore time is shown when it is a sizeable part of what computing took (or of what
+    a user notices), so that a hit that barely saves anything says so.
+    """
     if not names:
         what = "the cell's output"
     elif len(names) > _NAMES_IN_NOTE:
@@ -137,6 +152,10 @@ def hit_note(
     computed = f"computed {format_seconds(max(now - created, 0.0))} ago"
     if duration is not None:
         computed += f" in {format_seconds(duration)}"
+    if restore_time >= _NOTABLE_RESTORE and (
+        duration is None or restore_time >= _NOTABLE_RESTORE_SHARE * duration
+    ):
+        computed += f", restored in {format_seconds(restore_time)}"
     lifetime = (
         "never expires"
         if expires is None
@@ -201,10 +220,9 @@ def _plan(shell: Any, python_source: str, options: CellOptions) -> _Plan | None:
 # -- hits ------------------------------------------------------------------------------------
 
 
-def _restore(
-    shell: Any, cache: Cache, plan: _Plan, options: CellOptions
-) -> tuple[Any, float | None] | None:
+def _restore(shell: Any, cache: Cache, plan: _Plan, options: CellOptions) -> _Restored | None:
     """Apply a stored run to the namespace and show its output; None on a miss."""
+    started = time.perf_counter()
     entry = cache.entries.get(plan.key, function_fingerprint)
     if isinstance(entry, NoValue):
         return None
@@ -215,12 +233,11 @@ def _restore(
     effects: Effects = payload["effects"]
     try:
         apply_effects(shell, effects, options.label)
+        restore_time = time.perf_counter() - started
         if not options.quiet:
             names = [n for n in effects.restored_names() if n not in plan.code.incidental]
-            note = hit_note(
-                names, cache.name, entry.created, entry.duration, entry.expires, time.time()
-            )
-            print(note, flush=True)
+            when = (entry.created, entry.duration, entry.expires, time.time(), restore_time)
+            print(hit_note(names, cache.name, *when), flush=True)
         replay_output(shell, payload["output"], show_result=False)
     except Exception as error:  # a half-applied restore is overwritten by running the cell
         log.warning(
@@ -230,7 +247,7 @@ def _restore(
             error,
         )
         return None
-    return payload["result"], entry.duration
+    return _Restored(payload["result"], entry.duration, restore_time)
 
 
 def _is_payload(payload: object) -> bool:

@@ -11,7 +11,8 @@ class SessionStats:
     """What the cell cache did since the extension was loaded in this kernel.
 
     ``time_saved`` adds up, for every hit, how long the restored cell took when it was
-    computed. ``uncached`` counts cells that ran without the cache (an input without a
+    computed less how long restoring it took (a hit slower than the computation counts
+    against it). ``uncached`` counts cells that ran without the cache (an input without a
     digest, an analysis that could not be trusted, an output that could not be stored).
     """
 
@@ -20,9 +21,12 @@ class SessionStats:
     uncached: int = 0
     time_saved: float = 0.0
 
-    def record_hit(self, duration: float | None) -> None:
+    def record_hit(self, duration: float | None, restore_time: float) -> None:
+        """A hit: ``duration`` is what computing took (None: unknown), ``restore_time`` what
+        restoring took."""
         self.hits += 1
-        self.time_saved += duration or 0.0
+        if duration is not None:
+            self.time_saved += duration - restore_time
 
     def record_miss(self) -> None:
         self.misses += 1
@@ -42,6 +46,8 @@ class SessionStats:
 
 def format_seconds(seconds: float) -> str:
     """A short human duration: ``0.35 s``, ``41.2 s``, ``3 min``, ``2.5 h``, ``4 days``."""
+    if seconds < 0:
+        return "-" + format_seconds(-seconds)
     if seconds < 1:
         return f"{seconds:.2f} s"
     if seconds < 60:
