@@ -28,6 +28,8 @@ class CellOutput:
     displays: list[dict[str, Any]] = field(default_factory=list)
     result: dict[str, Any] | None = None
     error: str | None = None
+    #: The kinds of the messages shown, in order: "stdout", "stderr", "display", "result".
+    order: list[str] = field(default_factory=list)
 
 
 def kernel_environment(tmp_path: Path, **settings: str) -> dict[str, str]:
@@ -69,10 +71,13 @@ class Kernel:
                     output.stdout += content["text"]
                 else:
                     output.stderr += content["text"]
+                output.order.append(content["name"])
             elif kind == "display_data":
                 output.displays.append(content["data"])
+                output.order.append("display")
             elif kind == "execute_result":
                 output.result = content["data"]
+                output.order.append("result")
             elif kind == "error":
                 output.error = f"{content['ename']}: {content['evalue']}"
         return output

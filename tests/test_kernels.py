@@ -163,3 +163,19 @@ def test_a_cached_function_result_holds_the_restoring_kernels_own_classes(
         check = "print(all(isinstance(p, Point) for p in points), points[2] == Point(2, -2))"
         assert kernel.run_ok(check).stdout == "True True\n"
     assert runs(tmp_path) == 1, "kernel B computed instead of restoring"
+
+
+def test_a_figure_shown_with_the_cells_result_comes_after_it_as_in_a_plain_run(
+    start_kernel: Callable[[], Kernel], tmp_path: Path
+):
+    kernel_a, kernel_b = start_kernel(), start_kernel()
+    body = "import matplotlib.pyplot as plt\nplt.plot(data[:20])"
+    plain = kernel_a.run_ok(body)
+    assert plain.order == ["result", "display"]
+
+    computed = kernel_a.run_ok("%%cache lines\ncount_run()\n" + body)
+    restored = kernel_b.run_ok("%%cache lines\ncount_run()\n" + body)
+    assert runs(tmp_path) == 1
+    assert computed.order == ["result", "display"]
+    assert restored.order == ["stdout", "result", "display"]  # the note, then as computed
+    assert restored.displays == computed.displays

@@ -17,7 +17,10 @@ Inline matplotlib figures. The inline backend shows the figures a cell drew from
 ``post_execute`` hook, after the cell's code, which would be outside the recording: the magic
 runs the body with ``exec`` (:mod:`nbcache.cells.execution`), which triggers no event. So
 :func:`record_output` shows them itself (:func:`flush_inline_figures`) when the block ends
-normally, and they are recorded in place.
+normally, and they are recorded in place. A cell that shows a result (``Out``) shows its
+figures after it, in a plain run; :func:`hold_figures` renders them without showing them, for
+:func:`show_after_cell` to show once the result is out (and for
+:attr:`RecordedOutput.after_result`, so a replay shows them there too).
 
 A :class:`RecordedOutput` holds only str, bytes, int, float, bool, None, dicts and lists
 inside its items, so plain ``pickle`` stores it; consecutive writes to one stream are joined.
@@ -76,9 +79,14 @@ OutputItem = StreamText | DisplayData | ExecuteResult | ClearOutput
 
 @dataclass
 class RecordedOutput:
-    """What a block showed, in order. Complete once the recording block has exited."""
+    """What a block showed, in order. Complete once the recording block has exited.
+
+    ``after_result``: what shows after the cell's result (its figures, in a cell that ends
+    in an expression), see :func:`hold_figures`.
+    """
 
     items: list[OutputItem] = field(default_factory=list)
+    after_result: list[OutputItem] = field(default_factory=list)
 
     def text(self, name: str = "stdout") -> str:
         """All text written to one stream."""
@@ -206,6 +214,47 @@ def replay_output(shell: Any, recorded: RecordedOutput, *, show_result: bool = T
             publisher.clear_output(wait=item.wait)
     sys.stdout.flush()
     sys.stderr.flush()
+
+
+def hold_figures(shell: Any) -> list[OutputItem]:
+    """The figures the inline matplotlib backend holds, rendered but not shown (and closed,
+    as showing them would)."""
+    held: list[OutputItem] = []
+
+    def hold(data: Any, metadata: Any = None, *args: Any, **kwargs: Any) -> None:
+        held.append(
+            DisplayData(
+                data=plain_bundle(data, mime=True),
+                metadata=plain_bundle(metadata, mime=False),
+                transient=plain_bundle(kwargs.get("transient"), mime=False),
+                update=bool(kwargs.get("update", False)),
+            )
+        )
+
+    undo: list[Callable[[], None]] = []
+    _replace_method(shell.display_pub, "publish", hold, undo)
+    try:
+        flush_inline_figures()
+    finally:
+        for step in reversed(undo):
+            step()
+    return held
+
+
+def show_after_cell(shell: Any, items: list[OutputItem]) -> None:
+    """Show ``items`` once the running cell has finished, after its result (``Out``).
+
+    IPython's display hook shows the result when the cell's code is done; ``post_execute``
+    runs after that.
+    """
+    if not items:
+        return
+
+    def show() -> None:
+        shell.events.unregister("post_execute", show)
+        replay_output(shell, RecordedOutput(list(items)))
+
+    shell.events.register("post_execute", show)
 
 
 def flush_inline_figures() -> None:

@@ -32,7 +32,13 @@ from nbcache.cells.effects import (
 )
 from nbcache.cells.execution import run_body
 from nbcache.cells.key import Watched, cell_key, input_state
-from nbcache.cells.output import RecordedOutput, record_output, replay_output
+from nbcache.cells.output import (
+    RecordedOutput,
+    hold_figures,
+    record_output,
+    replay_output,
+    show_after_cell,
+)
 from nbcache.cells.stats import SessionStats, format_seconds
 from nbcache.exceptions import UnhashableValue, UnpicklableValueError
 from nbcache.keys.fingerprint import function_fingerprint
@@ -123,7 +129,10 @@ def run_cached_cell(
     started = time.perf_counter()
     with record_output(shell) as recorded:
         result = run_body(shell, python_source, header, show_result=show)
+        if _displayed(result):  # a plain run shows the figures after the result
+            recorded.after_result = hold_figures(shell)
     duration = time.perf_counter() - started
+    show_after_cell(shell, recorded.after_result)
     _store(shell, cache, plan, options, before, recorded, result, duration)
     return _shown(result)
 
@@ -238,7 +247,12 @@ def _restore(shell: Any, cache: Cache, plan: _Plan, options: CellOptions) -> _Re
             names = [n for n in effects.restored_names() if n not in plan.code.incidental]
             when = (entry.created, entry.duration, entry.expires, time.time(), restore_time)
             print(hit_note(names, cache.name, *when), flush=True)
-        replay_output(shell, payload["output"], show_result=False)
+        recorded: RecordedOutput = payload["output"]
+        replay_output(shell, recorded, show_result=False)
+        if _displayed(payload["result"]):
+            show_after_cell(shell, recorded.after_result)
+        else:
+            replay_output(shell, RecordedOutput(recorded.after_result))
     except Exception as error:  # a half-applied restore is overwritten by running the cell
         log.warning(
             "nbcache: could not restore %s (%s: %s); running it",
@@ -334,6 +348,11 @@ def _unpicklable_part(effects: Effects, result: Any) -> str:
         except UnpicklableValueError as error:
             return f"{label} (a {error.type_name})"
     return "the recorded output"
+
+
+def _displayed(result: Any) -> bool:
+    """Whether IPython's display hook shows ``result`` as the cell's ``Out``."""
+    return result is not NO_VALUE and result is not None
 
 
 def _shown(result: Any) -> Any:
