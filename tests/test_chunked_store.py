@@ -504,3 +504,38 @@ def test_over_the_in_process_store() -> None:
     assert bytes(store.get("k")) == big
     memory.delete(store.chunk_keys("k")[-1])
     assert store.get("k") is NO_VALUE
+
+
+def _sets(server: MemcachedServer) -> int:
+    from pymemcache.client.base import Client
+
+    client = Client(("127.0.0.1", server.port))
+    try:
+        return int(client.stats()[b"cmd_set"])
+    finally:
+        client.close()
+
+
+@pytest.mark.memcached
+@pytest.mark.parametrize("size_mb", [100, 63], ids=["over-memory", "evicted-as-written"])
+def test_a_value_the_server_cannot_keep_is_refused_once_with_a_warning_and_not_sent_again(
+    memcached_factory: Callable[..., MemcachedServer],
+    caplog: pytest.LogCaptureFixture,
+    size_mb: int,
+):
+    from nbcache import MemcachedCache
+
+    server = memcached_factory(memory_mb=64)
+    cache = MemcachedCache(server.address)
+    value = bytes(size_mb * 2**20 - 4096)
+    with caplog.at_level(logging.WARNING, logger="nbcache"):
+        assert cache.set("too-big", value) is False, "a value that cannot stay is not stored"
+        assert cache.get("too-big") is None
+        sets = _sets(server)
+        assert cache.set("too-big", value) is False
+        assert _sets(server) == sets, "a value that cannot stay must not be sent again"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"{(size_mb * 2**20 - 4096) / 2**20:.1f} MiB" in warnings[0]
+    assert "64.0 MiB (-m)" in warnings[0]
+    assert cache.set("small", b"x" * 1000) is True and cache.get("small") == b"x" * 1000

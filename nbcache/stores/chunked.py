@@ -63,6 +63,9 @@ DEFAULT_MAX_ITEM_SIZE = 1024 * 1024
 #: Chunks live this much longer than their manifest, so a live manifest finds its chunks even
 #: though they were written before it. (The other way round would only cost misses.)
 CHUNK_TTL_MARGIN = 60.0
+# A value bigger than a quarter of the server's memory is checked after it is written: the
+# server may have evicted its first chunks to make room for the last ones.
+_CHECKED_SHARE = 4
 
 
 @runtime_checkable
@@ -76,6 +79,10 @@ class ChunkTransport(Protocol):
     def get_chunks_into(self, keys: Sequence[str], targets: Sequence[memoryview]) -> list[bool]:
         """Read each key's value into its target; per key, True if found with that length."""
         ...
+
+
+def _mib(size: int | None) -> str:
+    return "an unknown amount" if size is None else f"{size / 2**20:.1f} MiB"
 
 
 def _warn_digest_mismatch(key: str) -> None:
@@ -110,6 +117,10 @@ class ChunkedStore:
         self.inner = inner
         self._max_item_size = max_item_size
         self._transport = inner if isinstance(inner, ChunkTransport) else None
+        # The smallest value seen not to stay (evicted while it was written): values at least
+        # this big are refused without sending them.
+        self._unkept_size: int | None = None
+        self._warned_too_big = False
 
     # -- sizes ------------------------------------------------------------------------------
 
@@ -320,6 +331,9 @@ class ChunkedStore:
         """
         write_id = os.urandom(WRITE_ID_BYTES)
         views = byte_views(value)
+        size = sum(view.nbytes for view in views)
+        if not self._may_stay(key, size):
+            return None
         chunk_ttl = None if ttl is None else ttl + CHUNK_TTL_MARGIN
         started = time.monotonic()
         items = [
@@ -328,7 +342,7 @@ class ChunkedStore:
         ]
         keys = [chunk for chunk, _ in items]
         sizes = [sum(piece.nbytes for piece in pieces) for _, pieces in items]
-        if not self._send_chunks(key, items, chunk_ttl):
+        if not self._send_chunks(key, items, chunk_ttl) or not self._stayed(key, size, keys[0]):
             self._delete_quietly(keys)
             return None
         manifest = encode_manifest(write_id, sizes, digest(views))
@@ -341,6 +355,50 @@ class ChunkedStore:
             self._delete_quietly(keys)
             return None
         return manifest, keys, min(ttl, remaining)
+
+    # -- values too big for the server ------------------------------------------------------
+
+    def _may_stay(self, key: str, size: int) -> bool:
+        """False (and one warning per store) for a value the server cannot hold: bigger than
+        its memory, or at least as big as one that was evicted while it was written."""
+        memory = getattr(self.inner, "memory_limit", None)
+        if isinstance(memory, int) and size > memory:
+            self._refuse(key, size, f"the server holds {_mib(memory)} (-m)")
+            return False
+        if self._unkept_size is not None and size >= self._unkept_size:
+            unkept = _mib(self._unkept_size)
+            held = f"the server holds {_mib(memory)} (-m)"
+            self._refuse(key, size, f"{held} and a {unkept} value did not stay")
+            return False
+        return True
+
+    def _stayed(self, key: str, size: int, first_chunk: str) -> bool:
+        """Whether the first chunk of a value that is big for the server is still there.
+
+        memcached evicts the least recently used items first: if a value does not fit, the
+        chunks written first are gone by the time the last one is written.
+        """
+        memory = getattr(self.inner, "memory_limit", None)
+        if not isinstance(memory, int) or size * _CHECKED_SHARE < memory:
+            return True
+        if not isinstance(self.inner.get(first_chunk), NoValue):
+            return True
+        self._unkept_size = min(size, self._unkept_size or size)
+        held = f"the server holds {_mib(memory)} (-m)"
+        self._refuse(key, size, f"{held} and evicted it as it was written")
+        return False
+
+    def _refuse(self, key: str, size: int, reason: str) -> None:
+        level = logging.DEBUG if self._warned_too_big else logging.WARNING
+        self._warned_too_big = True
+        log.debug("nbcache: %r is too big for the server", key)
+        log.log(
+            level,
+            "nbcache: not storing a value of %s: it cannot stay in the server: %s; values this "
+            "big are not sent again (give memcached more memory with -m)",
+            _mib(size),
+            reason,
+        )
 
     def _send_chunks(
         self, key: str, items: list[tuple[str, list[memoryview]]], ttl: float | None

@@ -183,6 +183,7 @@ class MemcachedStore:
         self._only = self._servers[addresses[0]] if len(addresses) == 1 else None
         self._seeds = [address.encode() + b"\0" for address in addresses]
         self._max_item_size: int | None = None
+        self._memory_limit: int | None = None
 
     @property
     def servers(self) -> dict[str, ServerConnection]:
@@ -393,6 +394,24 @@ class MemcachedStore:
         if known:
             self._max_item_size = size
         return size
+
+    @property
+    def memory_limit(self) -> int | None:
+        """Bytes the servers may hold together (the sum of their ``-m``); None when unknown.
+
+        Read once, like :attr:`max_item_size`, and asked again until every server answered.
+        """
+        if self._memory_limit is not None:
+            return self._memory_limit
+        total = 0
+        for server in self._servers.values():
+            try:
+                stats = server.run(lambda client: client.stats())
+                total += int(stats[b"limit_maxbytes"])
+            except (StoreFault, KeyError, ValueError):
+                return None
+        self._memory_limit = total
+        return total
 
     @property
     def max_value_size(self) -> int:
