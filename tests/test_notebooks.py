@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,33 @@ CELL_TIMEOUT = 120
 
 def execute(name: str, tmp_path: Path, env: dict[str, str]) -> list[Any]:
     """Run a notebook from a fresh kernel; its code cells, with their outputs."""
+    return execute_notebook(read(name), tmp_path, env)
+
+
+def read(name: str) -> Any:
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
         f"{name} is committed with outputs; clear them"
     )
+    return notebook
+
+
+def without_nbcache(notebook: Any) -> Any:
+    """The notebook as it runs without nbcache: no extension, no status, no %%cache lines."""
+    plain = nbformat.from_dict(notebook)
+    plain.cells = [
+        cell
+        for cell in plain.cells
+        if cell.cell_type != "code" or cell.source.strip() not in ("%load_ext nbcache", "%nbcache")
+    ]
+    for cell in plain.cells:
+        if cell.cell_type == "code" and cell.source.startswith("%%cache"):
+            cell.source = cell.source.partition("\n")[2]
+    return plain
+
+
+def execute_notebook(notebook: Any, tmp_path: Path, env: dict[str, str]) -> list[Any]:
+    """Run a notebook object from a fresh kernel; its code cells, with their outputs."""
     client = NotebookClient(
         notebook,
         timeout=CELL_TIMEOUT,
@@ -31,6 +55,33 @@ def execute(name: str, tmp_path: Path, env: dict[str, str]) -> list[Any]:
     )
     client.execute(env=env)
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def shown(cell: Any) -> list[tuple[str, str]]:
+    """What a cell showed, in order, as a plain run shows it (nbcache's notes left out)."""
+    found: list[tuple[str, str]] = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            kept = [
+                line
+                for line in output.text.splitlines(keepends=True)
+                if not line.startswith("nbcache: restored ")
+            ]
+            if kept:
+                found.append((output.name, "".join(kept)))
+        elif output.output_type == "execute_result":
+            found += [("result " + mime, str(output.data[mime])) for mime in sorted(output.data)]
+        elif output.output_type == "display_data":
+            found += [("display " + mime, str(output.data[mime])) for mime in sorted(output.data)]
+        else:
+            found.append((output.output_type, str(output)))
+    merged: list[tuple[str, str]] = []
+    for kind, text in found:  # a stream split in two messages shows as one
+        if merged and kind in ("stdout", "stderr") and merged[-1][0] == kind:
+            merged[-1] = (kind, merged[-1][1] + text)
+        else:
+            merged.append((kind, text))
+    return merged
 
 
 def cached_cells(cells: list[Any]) -> list[Any]:
@@ -89,3 +140,33 @@ def test_sharing_restores_in_a_second_kernel_what_the_first_computed(
     assert result(in_b) == result(in_a)
     assert "MemcachedCache" in status_table(first)["text/plain"]
     assert "hits               1" in status_table(second)["text/plain"]
+
+
+@pytest.mark.memcached
+def test_sales_analysis_shows_the_same_computed_restored_and_without_nbcache(
+    tmp_path: Path, memcached_factory: Callable[..., MemcachedServer], monkeypatch
+):
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    server = memcached_factory(memory_mb=512)
+    cached_env = kernel_environment(
+        tmp_path, NBCACHE_URL=server.url, NBCACHE_SECRET="notebook-test-shared-secret"
+    )
+    notebook = read("sales_analysis.ipynb")
+
+    plain = execute_notebook(without_nbcache(notebook), tmp_path, kernel_environment(tmp_path))
+    computed = execute_notebook(read("sales_analysis.ipynb"), tmp_path, cached_env)
+    restored = execute_notebook(read("sales_analysis.ipynb"), tmp_path, cached_env)
+
+    same = [c for c in computed if c.source.strip() not in ("%load_ext nbcache", "%nbcache")]
+    again = [c for c in restored if c.source.strip() not in ("%load_ext nbcache", "%nbcache")]
+    assert len(plain) == len(same) == len(again)
+    for plain_cell, computed_cell, restored_cell in zip(plain, same, again, strict=True):
+        assert shown(computed_cell) == shown(plain_cell), computed_cell.source
+        assert shown(restored_cell) == shown(plain_cell), restored_cell.source
+    for cell in cached_cells(restored):
+        assert stdout(cell).startswith("nbcache: restored "), cell.source
+    assert not any("nbcache: restored" in stdout(cell) for cell in computed)
+    assert "hits               4" in status_table(restored)["text/plain"]
+    (plot,) = [cell for cell in plain if "ax.set_title" in cell.source]
+    kinds = [kind for kind, _ in shown(plot)]
+    assert kinds[0] == "result text/plain" and kinds[-1] == "display image/png"
