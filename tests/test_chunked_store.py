@@ -517,6 +517,7 @@ def _sets(server: MemcachedServer) -> int:
 
 
 @pytest.mark.memcached
+@pytest.mark.slow
 @pytest.mark.parametrize("size_mb", [100, 63], ids=["over-memory", "evicted-as-written"])
 def test_a_value_the_server_cannot_keep_is_refused_once_with_a_warning_and_not_sent_again(
     memcached_factory: Callable[..., MemcachedServer],
