@@ -63,9 +63,9 @@ def loads_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real_loads = serializer.loads
 
-    def counting_loads(head: Any, buffers: Any) -> Any:
+    def counting_loads(head: Any, buffers: Any, *rest: Any) -> Any:
         calls.append(1)
-        return real_loads(head, buffers)
+        return real_loads(head, buffers, *rest)
 
     monkeypatch.setattr(serializer, "loads", counting_loads)
     return calls

@@ -323,6 +323,7 @@ def test_nbcache_use_and_clear_on_a_real_memcached(
     assert isinstance(run(shell, "%nbcache frobnicate").error, UsageError)
 
 
+@pytest.mark.memcached
 def test_nbcache_use_of_a_server_that_does_not_answer_keeps_the_cache_in_use(
     shell: InteractiveShell, memcached: MemcachedServer
 ):

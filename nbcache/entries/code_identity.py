@@ -5,7 +5,7 @@ attributes) and, in another process, rebuilds a copy: instances of a restored ``
 not instances of that kernel's ``Point``, and a restored pipeline's function ``is not`` the
 notebook's. :func:`with_identity` wraps cloudpickle's by-value reduction of such an object so
 that the pickle also records its module, qualified name and code fingerprint. At load time
-(inside :func:`loading_with`), the object the loading process has under that module and name
+(inside :func:`load_with`), the object the loading process has under that module and name
 is used instead of a copy when its fingerprint is the same; cloudpickle's rebuilt copy is used
 only when there is no such object or it differs. A pickle loaded without a fingerprint, or by
 plain ``pickle.loads``, rebuilds the copy as cloudpickle would.
@@ -19,14 +19,14 @@ from __future__ import annotations
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 #: A function of a class or function: equal for the same code in every process; raises when
 #: it has none.
 CodeFingerprint = Callable[[Any], str]
 
+_T = TypeVar("_T")
 _state = threading.local()
 
 
@@ -67,13 +67,12 @@ def with_identity(obj: Any, reduction: Any, code_fingerprint: CodeFingerprint) -
     )
 
 
-@contextmanager
-def loading_with(code_fingerprint: CodeFingerprint | None) -> Iterator[None]:
-    """Within the block, pickles recorded by :func:`with_identity` reuse matching objects."""
+def load_with(code_fingerprint: CodeFingerprint, load: Callable[[], _T]) -> _T:
+    """``load()``, during which pickles recorded by :func:`with_identity` reuse matching objects."""
     previous = getattr(_state, "fingerprint", None), getattr(_state, "reused", None)
     _state.fingerprint, _state.reused = code_fingerprint, set()
     try:
-        yield
+        return load()
     finally:
         _state.fingerprint, _state.reused = previous
 

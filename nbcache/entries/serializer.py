@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nbcache.entries.code_identity import CodeFingerprint, loading_with, with_identity
+from nbcache.entries.code_identity import CodeFingerprint, load_with, with_identity
 from nbcache.exceptions import EntryRefused, UnpicklableValueError
 
 #: The serializer's name, as written into every entry's header.
@@ -85,8 +85,9 @@ def loads(
     process's own objects of the same name when their fingerprints are equal.
     """
     try:
-        with loading_with(code_fingerprint):
+        if code_fingerprint is None:
             return pickle.loads(head, buffers=buffers)
+        return load_with(code_fingerprint, lambda: pickle.loads(head, buffers=buffers))
     except Exception as exc:  # a missing module, a changed class: the entry is unusable here
         raise EntryRefused(f"cannot load the value here: {_reason(exc)}") from exc
 
