@@ -19,6 +19,7 @@ one warning names the other names that still refer to the old object.
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 import sys
@@ -198,3 +199,41 @@ def _warn_stale(stale: dict[str, list[str]], label: str) -> None:
             label,
             "; ".join(parts),
         )
+
+
+def top_level_bindings(tree: ast.Module) -> frozenset[str]:
+    """Names bound by unconditional top-level statements: a successful run surely bound them.
+
+    Tells "bound again to the very same object" (``n = 1`` when ``n`` was 1) from "left alone"
+    (a branch not taken), which comparing objects before and after cannot.
+    """
+    names: set[str] = set()
+    for statement in tree.body:
+        targets: list[ast.expr] = []
+        if isinstance(statement, ast.Assign):
+            targets = list(statement.targets)
+        elif isinstance(statement, ast.AugAssign | ast.AnnAssign):
+            if statement.value is not None:
+                targets = [statement.target]
+        elif isinstance(statement, ast.Import | ast.ImportFrom):
+            for alias in statement.names:
+                if alias.name != "*":
+                    names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(statement.name)
+        elif isinstance(statement, ast.With | ast.AsyncWith):
+            targets = [item.optional_vars for item in statement.items if item.optional_vars]
+        for target in targets:
+            names |= _target_names(target)
+    return frozenset(names)
+
+
+def _target_names(target: ast.expr) -> set[str]:
+    """Names an assignment target binds (``a[i] = ...`` and ``a.b = ...`` bind none)."""
+    if isinstance(target, ast.Name):
+        return {target.id}
+    if isinstance(target, ast.Tuple | ast.List):
+        return set().union(*(_target_names(element) for element in target.elts))
+    if isinstance(target, ast.Starred):
+        return _target_names(target.value)
+    return set()

@@ -29,6 +29,7 @@ from nbcache.cells.effects import (
     apply_effects,
     measure_effects,
     take_before,
+    top_level_bindings,
 )
 from nbcache.cells.execution import run_body
 from nbcache.cells.key import Watched, cell_key, input_state
@@ -221,7 +222,7 @@ def _plan(shell: Any, python_source: str, options: CellOptions) -> _Plan | None:
         watched += state.watched
         for module, namespace in state.namespaces.items():
             namespaces.setdefault(module, namespace)
-    surely_bound = _top_level_bindings(ast.parse(python_source))
+    surely_bound = top_level_bindings(ast.parse(python_source))
     key = cell_key(options.name, code, digests)
     return _Plan(key, code, digests, surely_bound, watched, namespaces)
 
@@ -357,41 +358,3 @@ def _displayed(result: Any) -> bool:
 
 def _shown(result: Any) -> Any:
     return None if result is NO_VALUE else result
-
-
-def _top_level_bindings(tree: ast.Module) -> frozenset[str]:
-    """Names bound by unconditional top-level statements: a successful run surely bound them.
-
-    Tells "bound again to the very same object" (``n = 1`` when ``n`` was 1) from "left alone"
-    (a branch not taken), which comparing objects before and after cannot.
-    """
-    names: set[str] = set()
-    for statement in tree.body:
-        targets: list[ast.expr] = []
-        if isinstance(statement, ast.Assign):
-            targets = list(statement.targets)
-        elif isinstance(statement, ast.AugAssign | ast.AnnAssign):
-            if statement.value is not None:
-                targets = [statement.target]
-        elif isinstance(statement, ast.Import | ast.ImportFrom):
-            for alias in statement.names:
-                if alias.name != "*":
-                    names.add(alias.asname or alias.name.split(".")[0])
-        elif isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(statement.name)
-        elif isinstance(statement, ast.With | ast.AsyncWith):
-            targets = [item.optional_vars for item in statement.items if item.optional_vars]
-        for target in targets:
-            names |= _target_names(target)
-    return frozenset(names)
-
-
-def _target_names(target: ast.expr) -> set[str]:
-    """Names an assignment target binds (``a[i] = ...`` and ``a.b = ...`` bind none)."""
-    if isinstance(target, ast.Name):
-        return {target.id}
-    if isinstance(target, ast.Tuple | ast.List):
-        return set().union(*(_target_names(element) for element in target.elts))
-    if isinstance(target, ast.Starred):
-        return _target_names(target.value)
-    return set()
