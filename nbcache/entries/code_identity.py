@@ -16,6 +16,7 @@ The fingerprint function comes from the caller (a front door passes
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import types
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 CodeFingerprint = Callable[[Any], str]
 
 _T = TypeVar("_T")
+_LOADER_NAME = re.compile(rb"reuse_or_make")
 _state = threading.local()
 
 
@@ -65,6 +67,15 @@ def with_identity(obj: Any, reduction: Any, code_fingerprint: CodeFingerprint) -
         dict_items,
         set_state_unless_reused,
     )
+
+
+def records_identity(head: bytes | memoryview) -> bool:
+    """Whether a pickle may hold code recorded by :func:`with_identity` (it names the loader).
+
+    A scan of the pickle stream for the loader's name, without copying it: cheaper than
+    preparing a load that reuses objects, for the many pickles that hold no such code.
+    """
+    return _LOADER_NAME.search(head) is not None
 
 
 def load_with(code_fingerprint: CodeFingerprint, load: Callable[[], _T]) -> _T:

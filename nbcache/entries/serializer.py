@@ -19,7 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nbcache.entries.code_identity import CodeFingerprint, load_with, with_identity
+from nbcache.entries.code_identity import (
+    CodeFingerprint,
+    load_with,
+    records_identity,
+    with_identity,
+)
 from nbcache.exceptions import EntryRefused, UnpicklableValueError
 
 #: The serializer's name, as written into every entry's header.
@@ -85,7 +90,7 @@ def loads(
     process's own objects of the same name when their fingerprints are equal.
     """
     try:
-        if code_fingerprint is None:
+        if code_fingerprint is None or not records_identity(head):
             return pickle.loads(head, buffers=buffers)
         return load_with(code_fingerprint, lambda: pickle.loads(head, buffers=buffers))
     except Exception as exc:  # a missing module, a changed class: the entry is unusable here
