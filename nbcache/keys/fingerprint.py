@@ -9,9 +9,11 @@ A function's fingerprint covers
   same;
 * its defaults, keyword defaults and closure cell values, by
   :func:`nbcache.keys.digest.value_digest`;
-* the functions and classes it references by global name that are defined in the notebook or in
-  the user's own modules (not the standard library, not site-packages), recursively with a cycle
-  guard, so editing a helper changes the fingerprint of every caller;
+* the functions and classes it reaches that are defined in the notebook or in the user's own
+  modules (not the standard library, not site-packages), recursively with a cycle guard, so
+  editing a helper changes the fingerprint of every caller. What counts as reached (by global
+  name, through a user module, a closure, a default, a method, a property, a partial, a
+  wrapper...) is decided by :mod:`nbcache.keys.code_walk`, the walk snapshots re-check too;
 * modules it references, by name and ``__version__``, and library functions or classes it
   references, by name and their package's version.
 
@@ -22,21 +24,15 @@ separately. The Python version is part of it, because bytecode differs between v
 
 from __future__ import annotations
 
-import functools
 import sys
 import threading
 import types
-from collections.abc import Iterator
 from typing import Any
 
 from nbcache.exceptions import UnhashableValue
+from nbcache.keys.code_walk import MISSING, Kind, Link, is_user_code, node_links, see_through, walk
 from nbcache.keys.digest import TokenWriter, register_handler, use_class_fingerprint, value_digest
-from nbcache.keys.provenance import (
-    display_name,
-    is_user_module,
-    library_identity,
-    module_version,
-)
+from nbcache.keys.provenance import display_name, library_identity
 
 __all__ = [
     "class_fingerprint",
@@ -45,26 +41,7 @@ __all__ = [
     "function_fingerprint_parts",
 ]
 
-_FINGERPRINT_VERSION = "nbcache.keys.fingerprint/1"
-# Class attributes that describe the class rather than what it does.
-_CLASS_BOOKKEEPING = frozenset(
-    {
-        "__dict__",
-        "__doc__",
-        "__module__",
-        "__qualname__",
-        "__weakref__",
-        "__annotations__",
-        "__firstlineno__",
-        "__static_attributes__",
-        "__orig_bases__",
-        "__parameters__",
-        "__dataclass_fields__",
-        "__dataclass_params__",
-        "__match_args__",
-        "_abc_impl",
-    }
-)
+_FINGERPRINT_VERSION = "nbcache.keys.fingerprint/2"
 
 # co_flags bits that say how the code runs (generator, varargs...). Higher bits record the
 # __future__ imports in force when it was compiled, which IPython carries from cell to cell;
@@ -90,7 +67,8 @@ def function_fingerprint(func: Any) -> str:
 
     Bound methods fingerprint their function (``self`` is a value, not code); classes
     fingerprint as :func:`class_fingerprint`; functions from libraries by name and package
-    version. Other callables (partials, callable objects) digest by value. Raises
+    version (and what they wrap, for a library's wrapper around the user's function). Other
+    callables (partials, callable objects) digest by value. Raises
     :class:`~nbcache.exceptions.UnhashableValue` when a default or closure value has no
     digest.
     """
@@ -100,12 +78,13 @@ def function_fingerprint(func: Any) -> str:
         return class_fingerprint(func)
     if not isinstance(func, types.FunctionType):
         return value_digest(func)
-    if not is_user_module(func.__module__):
-        return value_digest(("library function", *library_identity(func)))
+    if not is_user_code(func):
+        links = tuple(_link_token(link) for link in see_through("function", func, Kind.HELD))
+        return value_digest(("library function", links))
     with _guard(func) as first_visit:
         if not first_visit:
             return value_digest(("recursive reference", func.__qualname__))
-        return value_digest(_function_token(func))
+        return value_digest(_node_token(func))
 
 
 def class_fingerprint(cls: type) -> str:
@@ -114,12 +93,12 @@ def class_fingerprint(cls: type) -> str:
     Classes from libraries fingerprint by name and package version. Class attributes that
     cannot be digested count by their type only.
     """
-    if not is_user_module(getattr(cls, "__module__", "") or ""):
+    if not is_user_code(cls):
         return value_digest(("library class", *library_identity(cls)))
     with _guard(cls) as first_visit:
         if not first_visit:
             return value_digest(("recursive reference", cls.__qualname__))
-        return value_digest(_class_token(cls))
+        return value_digest(_node_token(cls))
 
 
 def function_fingerprint_parts(func: Any) -> dict[str, str]:
@@ -128,19 +107,10 @@ def function_fingerprint_parts(func: Any) -> dict[str, str]:
     Names are the qualified name for notebook code and ``module.qualname`` otherwise; ``func``
     itself is included. Meant for explaining misses ("helper `clean` was edited").
     """
-    parts: dict[str, str] = {}
-    pending = [func.__func__ if isinstance(func, types.MethodType) else func]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        parts[display_name(current)] = function_fingerprint(current)
-        if isinstance(current, types.FunctionType):
-            pending.extend(_user_callees(current))
-        elif isinstance(current, type):
-            pending.extend(_class_callables(current))
+    root = func.__func__ if isinstance(func, types.MethodType) else func
+    parts = {display_name(root): function_fingerprint(root)}
+    for node, _ in walk(root):
+        parts[display_name(node)] = function_fingerprint(node)
     return parts
 
 
@@ -189,125 +159,34 @@ class _guard:
             _in_progress.ids.discard(self._key)
 
 
-def _function_token(func: types.FunctionType) -> tuple[object, ...]:
-    closure = func.__closure__ or ()
-    cells = []
-    for name, cell in zip(func.__code__.co_freevars, closure, strict=True):
-        try:
-            contents = cell.cell_contents
-        except ValueError:
-            contents = _EMPTY_CELL
-        cells.append((name, contents))
+def _node_token(node: Any) -> tuple[object, ...]:
+    """What a user function or class does: its own code and what it links to."""
+    links = tuple(
+        _link_token(link)
+        for link in node_links(node)
+        if link.kind is not Kind.INPUT and link.kind is not Kind.STATE
+    )
+    if isinstance(node, type):
+        return (_FINGERPRINT_VERSION, "class", node.__name__, links)
     return (
         _FINGERPRINT_VERSION,
         sys.implementation.cache_tag,
-        code_token(func.__code__, func.__doc__),
-        func.__defaults__,
-        func.__kwdefaults__,
-        tuple(cells),
-        _global_references(func),
+        code_token(node.__code__, node.__doc__),
+        links,
     )
 
 
-def code_names(code: types.CodeType) -> Iterator[str]:
-    """Every global or attribute name ``code`` and the code nested in it mention."""
-    yield from code.co_names
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from code_names(const)
-
-
-def _global_references(func: types.FunctionType) -> tuple[tuple[str, object], ...]:
-    """The code-like globals ``func`` names, each as (name, token), sorted by name.
-
-    ``co_names`` also holds attribute names; a global that merely shares a name with an
-    attribute is included too, which can only cause an extra miss, never a wrong hit.
-    """
-    names = sorted(set(code_names(func.__code__)))
-    namespace = func.__globals__
-    references = []
-    for name in names:
-        if name not in namespace:
-            continue
-        token = _reference_token(namespace[name], names)
-        if token is not None:
-            references.append((name, token))
-    return tuple(references)
-
-
-def _reference_token(value: Any, names: list[str]) -> object:
-    value = _unwrapped(value)
-    if isinstance(value, types.ModuleType):
-        module_name = value.__name__
-        if not is_user_module(module_name):
-            return ("module", module_name, module_version(value))
-        # a user module: the functions and classes the code reaches through it count too
-        members = [
-            (name, _reference_token(getattr(value, name), []))
-            for name in names
-            if _is_code(getattr(value, name, None))
-        ]
-        return ("user module", module_name, tuple(members))
-    if isinstance(value, (types.FunctionType, type)):
-        return ("code", function_fingerprint(value))
-    if isinstance(value, types.BuiltinFunctionType):
-        return ("builtin", *library_identity(value))
-    return None
-
-
-def wrapper_chain(value: Any) -> list[tuple[Any, Any]]:
-    """``(wrapper, wrapped)`` pairs down to the function under wrappers that are not functions
-    (caches, nbcache's own), outermost first."""
-    chain = []
-    for _ in range(100):
-        if isinstance(value, (types.FunctionType, type, types.ModuleType)):
-            break
-        inner = getattr(value, "__wrapped__", None)
-        if inner is None or not callable(inner):
-            break
-        chain.append((value, inner))
-        value = inner
-    return chain
-
-
-def _unwrapped(value: Any) -> Any:
-    """The function under decorator wrappers that are not functions."""
-    chain = wrapper_chain(value)
-    return chain[-1][1] if chain else value
-
-
-def _is_code(value: object) -> bool:
-    return isinstance(_unwrapped(value), (types.FunctionType, type))
-
-
-def _class_token(cls: type) -> tuple[object, ...]:
-    bases = tuple(class_fingerprint(base) for base in cls.__bases__ if base is not object)
-    attributes: list[tuple[str, object]] = []
-    for name, value in sorted(vars(cls).items()):
-        if name in _CLASS_BOOKKEEPING:
-            continue
-        functions = _attribute_functions(value)
-        if functions is not None:
-            attributes.append((name, tuple(function_fingerprint(f) for f in functions)))
-        elif isinstance(value, type):
-            attributes.append((name, class_fingerprint(value)))
-        elif not (name.startswith("__") and name.endswith("__")):
-            attributes.append((name, _attribute_digest(value)))
-    return (_FINGERPRINT_VERSION, cls.__name__, bases, tuple(attributes))
-
-
-def _attribute_functions(value: object) -> list[Any] | None:
-    """The functions behind a method-like class attribute, or None if it is data."""
-    if isinstance(value, types.FunctionType):
-        return [value]
-    if isinstance(value, (staticmethod, classmethod)):
-        return [value.__func__]
-    if isinstance(value, property):
-        return [f for f in (value.fget, value.fset, value.fdel) if f is not None]
-    inner = getattr(value, "func", None)  # functools.cached_property, partialmethod
-    if isinstance(value, (functools.cached_property, functools.partialmethod)):
-        return [inner]
-    return None
+def _link_token(link: Link) -> tuple[object, ...]:
+    if link.kind is Kind.CODE:
+        target = link.target
+        fingerprint = (
+            class_fingerprint(target) if isinstance(target, type) else function_fingerprint(target)
+        )
+        return (link.label, "code", fingerprint)
+    if link.kind is Kind.CLASS_DATA:
+        return (link.label, "class data", _attribute_digest(link.target))
+    target = _EMPTY_CELL if link.target is MISSING else link.target
+    return (link.label, link.kind.value, target)
 
 
 def _attribute_digest(value: object) -> str:
@@ -316,33 +195,6 @@ def _attribute_digest(value: object) -> str:
     except UnhashableValue:
         # a class-level lock or connection: what it holds is state, not behaviour
         return value_digest(("unhashable", type(value).__module__, type(value).__qualname__))
-
-
-def _user_callees(func: types.FunctionType) -> Iterator[Any]:
-    namespace = func.__globals__
-    for name in set(code_names(func.__code__)):
-        value = _unwrapped(namespace.get(name))
-        if isinstance(value, types.ModuleType) and is_user_module(value.__name__):
-            candidates = [_unwrapped(getattr(value, n, None)) for n in code_names(func.__code__)]
-        else:
-            candidates = [value]
-        for candidate in candidates:
-            if _is_code(candidate) and is_user_module(candidate.__module__):
-                yield candidate
-    for cell in func.__closure__ or ():
-        try:
-            contents = _unwrapped(cell.cell_contents)
-        except ValueError:
-            continue
-        if _is_code(contents) and is_user_module(contents.__module__):
-            yield contents
-
-
-def _class_callables(cls: type) -> Iterator[Any]:
-    for value in vars(cls).values():
-        for function in _attribute_functions(value) or ():
-            if isinstance(function, types.FunctionType):
-                yield from _user_callees(function)
 
 
 # --- digests of code objects ----------------------------------------------------------

@@ -2,11 +2,11 @@
 
 :func:`nbcache.keys.fingerprint.function_fingerprint` walks a function, its helpers and their
 constants, which takes a hundred microseconds or more: too slow for every call of a cached
-function. A :class:`CodeSnapshot` records the objects that walk reads (each reachable user
-function's code, defaults and closure cells, and every global name its code mentions) and
-checks on the next call that each one is still the *same object*. Rebinding a helper in a
-notebook cell, reloading a module or editing a class shows up as a changed identity, and the
-fingerprint is recomputed.
+function. A :class:`CodeSnapshot` runs the same walk (:mod:`nbcache.keys.code_walk`), records
+every object it reads (each reachable user function's code, defaults and closure cells, each
+class attribute, and every global name the code mentions) and checks on the next call that
+each one is still the *same object*. Rebinding a helper in a notebook cell, reloading a module
+or editing a class shows up as a changed identity, and the fingerprint is recomputed.
 
 Identity says nothing about a mutable object changed in place, so a snapshot whose defaults,
 closure cells or class attributes hold anything but immutable scalars is *volatile*: its
@@ -14,35 +14,26 @@ fingerprint is recomputed on every call.
 
 The walk also collects the function's *global inputs*: global names its code (or a helper's
 code) reads that hold data rather than code (``THRESHOLD``, a DataFrame). The fingerprint
-leaves those out by design; the decorator digests their values into the key on every call.
+leaves those out by design; :meth:`CodeSnapshot.global_digests` digests their current values,
+remembering the digest of a value that cannot have changed (the same immutable object, or a
+value whose witness holds: see :mod:`nbcache.keys.witness`). Globals the code assigns
+(``global calls; calls += 1``) are *state*: they are listed apart, in
+:attr:`CodeSnapshot.assigned`.
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from nbcache.exceptions import UnhashableValue
+from nbcache.keys.code_walk import MISSING, CodeReads, Kind, walk
 from nbcache.keys.digest import value_digest
-from nbcache.keys.fingerprint import (
-    code_names,
-    function_fingerprint,
-    function_fingerprint_parts,
-    wrapper_chain,
-)
-from nbcache.keys.provenance import is_user_module
+from nbcache.keys.fingerprint import function_fingerprint, function_fingerprint_parts
 
-_MISSING = object()
-_FROZEN_SCALARS = (type(None), bool, int, float, complex, str, bytes, range)
-_CODE_TYPES = (
-    types.ModuleType,
-    types.FunctionType,
-    type,
-    types.BuiltinFunctionType,
-    types.MethodWrapperType,
-    types.WrapperDescriptorType,
-)
+_FROZEN_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes, range})
 
 
 @dataclass(frozen=True)
@@ -54,6 +45,18 @@ class GlobalInput:
     name: str
 
 
+class _Slot:
+    """One global input and the digest of the value it held last time, if that cannot change."""
+
+    __slots__ = ("global_input", "remembered")
+
+    def __init__(self, global_input: GlobalInput) -> None:
+        self.global_input = global_input
+        # (value, digest) of an immutable value: the same object again has the same digest.
+        # One tuple, replaced whole, so that threads never see half of an update.
+        self.remembered: tuple[object, str] | None = None
+
+
 @dataclass
 class CodeSnapshot:
     """The fingerprint of one function and the identities it was computed from."""
@@ -61,19 +64,38 @@ class CodeSnapshot:
     func: Any
     fingerprint: str = ""
     global_inputs: tuple[GlobalInput, ...] = ()
+    #: Labels of the global inputs the code assigns (``global x; x = ...``): state.
+    assigned: frozenset[str] = frozenset()
     volatile: bool = False
     _attributes: list[tuple[object, str, object]] = field(default_factory=list)
     _entries: list[tuple[Any, str, object]] = field(default_factory=list)
     _cells: list[tuple[types.CellType, object]] = field(default_factory=list)
+    _slots: tuple[_Slot, ...] = ()
     _parts: dict[str, str] | None = None
 
     @classmethod
     def take(cls, func: Any) -> CodeSnapshot:
         """Walk ``func`` and compute its fingerprint (may raise UnhashableValue)."""
         snapshot = cls(func)
-        walk = _Walk(snapshot)
-        walk.function(func)
-        snapshot.global_inputs = tuple(walk.inputs.values())
+        recorder = _Recorder(snapshot)
+        inputs: dict[tuple[int, str], GlobalInput] = {}
+        assigned: set[str] = set()
+        for _, links in walk(func, recorder):
+            for link in links:
+                if link.kind is Kind.HELD or link.kind is Kind.CLASS_DATA:
+                    if not _frozen(link.target):
+                        snapshot.volatile = True
+                elif link.kind is Kind.INPUT or link.kind is Kind.STATE:
+                    assert link.namespace is not None
+                    global_input = inputs.setdefault(
+                        (id(link.namespace), link.name),
+                        GlobalInput(_label(link.namespace, link.name), link.namespace, link.name),
+                    )
+                    if link.kind is Kind.STATE:
+                        assigned.add(global_input.label)
+        snapshot.global_inputs = tuple(inputs.values())
+        snapshot.assigned = frozenset(assigned)
+        snapshot._slots = tuple(_Slot(global_input) for global_input in snapshot.global_inputs)
         # Identities are recorded before the fingerprint is computed: a change in between
         # fails the next check instead of hiding behind a fingerprint of the newer code.
         snapshot.fingerprint = function_fingerprint(func)
@@ -84,28 +106,42 @@ class CodeSnapshot:
         if self.volatile:
             return False
         for owner, attribute, expected in self._attributes:
-            if getattr(owner, attribute, _MISSING) is not expected:
+            if getattr(owner, attribute, MISSING) is not expected:
                 return False
         for mapping, name, expected in self._entries:
-            if mapping.get(name, _MISSING) is not expected:
+            if mapping.get(name, MISSING) is not expected:
                 return False
         return all(_cell_contents(cell) is expected for cell, expected in self._cells)
 
-    def global_digests(self) -> tuple[dict[str, str], dict[str, UnhashableValue]]:
+    def global_digests(
+        self, leave_out: Collection[str] = ()
+    ) -> tuple[dict[str, str], dict[str, UnhashableValue]]:
         """Digests of the global data values the code reads now, by label.
 
-        A value without a digest (a connection, a lock) is keyed by its type only; those are
-        returned second, so the caller can say so.
+        ``leave_out``: labels not to digest (state). A value without a digest (a connection,
+        a lock) is keyed by its type only; those are returned second, so the caller can say
+        so.
         """
         digests: dict[str, str] = {}
         opaque: dict[str, UnhashableValue] = {}
-        for global_input in self.global_inputs:
-            value = global_input.namespace.get(global_input.name, _MISSING)
+        for slot in self._slots:
+            global_input = slot.global_input
+            label = global_input.label
+            if label in leave_out:
+                continue
+            value = global_input.namespace.get(global_input.name, MISSING)
+            remembered = slot.remembered
+            if remembered is not None and remembered[0] is value:
+                digests[label] = remembered[1]
+                continue
             try:
-                digests[global_input.label] = value_digest(value)
+                digest = value_digest(value)
             except UnhashableValue as problem:
-                opaque[global_input.label] = problem
-                digests[global_input.label] = value_digest(("type", problem.type_name))
+                opaque[label] = problem
+                digests[label] = value_digest(("type", problem.type_name))
+                continue
+            digests[label] = digest
+            slot.remembered = (value, digest) if _frozen(value) else None
         return digests, opaque
 
     def parts(self) -> dict[str, str]:
@@ -131,106 +167,24 @@ class FingerprintMemo:
         return snapshot
 
 
-class _Walk:
-    """One traversal of the user code reachable from a function."""
+class _Recorder(CodeReads):
+    """Records every object the walk reads into a snapshot, for :meth:`CodeSnapshot.unchanged`."""
 
     def __init__(self, snapshot: CodeSnapshot) -> None:
         self.snapshot = snapshot
-        self.seen: set[int] = set()
-        self.inputs: dict[tuple[int, str], GlobalInput] = {}
 
-    def function(self, func: Any) -> None:
-        func = self._unwrapped(func)
-        if isinstance(func, types.MethodType):
-            func = func.__func__
-        if isinstance(func, type):
-            self.klass(func)
-            return
-        if not isinstance(func, types.FunctionType) or id(func) in self.seen:
-            return
-        if not is_user_module(func.__globals__.get("__name__")):
-            # a library decorator's wrapper (its __module__ copied from the user's function):
-            # its own code is the library's; what it wraps is the user's
-            inner = getattr(func, "__wrapped__", None)
-            if inner is not None:
-                self.snapshot._attributes.append((func, "__wrapped__", inner))
-                self.function(inner)
-            return
-        self.seen.add(id(func))
-        snapshot = self.snapshot
-        for attribute in ("__code__", "__defaults__", "__kwdefaults__"):
-            value = getattr(func, attribute)
-            snapshot._attributes.append((func, attribute, value))
-        keyword_defaults = tuple((func.__kwdefaults__ or {}).values())
-        if not _frozen(func.__defaults__) or not _frozen(keyword_defaults):
-            snapshot.volatile = True
-        for cell in func.__closure__ or ():
-            contents = _cell_contents(cell)
-            snapshot._cells.append((cell, contents))
-            if _is_user_code(contents):
-                self.function(contents)
-            elif not _frozen(contents):
-                snapshot.volatile = True
-        names = sorted(set(code_names(func.__code__)))
-        namespace = func.__globals__
-        for name in names:
-            value = namespace.get(name, _MISSING)
-            snapshot._entries.append((namespace, name, value))
-            if value is not _MISSING:
-                self.reference(value, names, namespace, name)
+    def attribute(self, owner: object, name: str, value: object) -> None:
+        self.snapshot._attributes.append((owner, name, value))
 
-    def reference(self, value: Any, names: list[str], namespace: dict[str, Any], name: str) -> None:
-        target = self._unwrapped(value)
-        if isinstance(target, types.ModuleType):
-            if is_user_module(target.__name__):
-                members = vars(target)
-                for member_name in names:
-                    member = members.get(member_name, _MISSING)
-                    self.snapshot._entries.append((members, member_name, member))
-                    if _is_user_code(member):
-                        self.function(member)
-            return
-        if isinstance(target, (types.FunctionType, type)):
-            if is_user_module(getattr(target, "__module__", None)):
-                self.function(target)
-            return
-        if isinstance(target, _CODE_TYPES):
-            return
-        module = namespace.get("__name__", "")
-        label = name if module == "__main__" else f"{module}.{name}"
-        self.inputs.setdefault((id(namespace), name), GlobalInput(label, namespace, name))
+    def entry(self, mapping: Any, name: str, value: object) -> None:
+        self.snapshot._entries.append((mapping, name, value))
 
-    def klass(self, cls: type) -> None:
-        if id(cls) in self.seen or not is_user_module(getattr(cls, "__module__", None)):
-            return
-        self.seen.add(id(cls))
-        attributes = vars(cls)
-        # A new or deleted attribute changes the key tuple: checked through __dict__ size.
-        self.snapshot._attributes.append((cls, "__bases__", cls.__bases__))
-        for name, value in attributes.items():
-            self.snapshot._entries.append((attributes, name, value))
-            functions = _method_functions(value)
-            if functions:
-                for function in functions:
-                    self.function(function)
-            elif isinstance(value, type):
-                self.klass(value)
-            elif (
-                not _frozen(value)
-                and not isinstance(value, _CODE_TYPES)
-                and not (name.startswith("__") and name.endswith("__"))
-            ):
-                self.snapshot.volatile = True
-        self.snapshot._attributes.append((_DictSize(attributes), "size", len(attributes)))
-        for base in cls.__bases__:
-            self.klass(base)
+    def cell(self, cell: types.CellType, value: object) -> None:
+        self.snapshot._cells.append((cell, value))
 
-    def _unwrapped(self, value: Any) -> Any:
-        """What a wrapper that is not a function (a callable object with __wrapped__) wraps."""
-        chain = wrapper_chain(value)
-        for wrapper, inner in chain:
-            self.snapshot._attributes.append((wrapper, "__wrapped__", inner))
-        return chain[-1][1] if chain else value
+    def size(self, mapping: Any) -> None:
+        # A new or deleted class attribute changes the fingerprint: checked through its size.
+        self.snapshot._attributes.append((_DictSize(mapping), "size", len(mapping)))
 
 
 class _DictSize:
@@ -245,37 +199,27 @@ class _DictSize:
     def size(self) -> int:
         return len(self._mapping)
 
-    def __getattr__(self, name: str) -> Any:  # pragma: no cover - only "size" is read
-        raise AttributeError(name)
+
+def _label(namespace: dict[str, Any], name: str) -> str:
+    module = namespace.get("__name__", "")
+    return name if module == "__main__" else f"{module}.{name}"
 
 
 def _frozen(value: object) -> bool:
-    """Whether ``value`` cannot change without changing identity (so identity checks suffice)."""
-    if isinstance(value, _FROZEN_SCALARS):
+    """Whether ``value`` cannot change without changing identity (so identity checks suffice).
+
+    Exact types only: an instance of a subclass of ``str`` or ``tuple`` can carry attributes.
+    """
+    cls = type(value)
+    if cls in _FROZEN_SCALARS:
         return True
-    if isinstance(value, (tuple, frozenset)):
-        return all(_frozen(item) for item in value)
+    if cls is tuple or cls is frozenset:
+        return all(_frozen(item) for item in value)  # type: ignore[attr-defined]
     return False
-
-
-def _is_user_code(value: object) -> bool:
-    return isinstance(value, (types.FunctionType, type)) and is_user_module(
-        getattr(value, "__module__", None)
-    )
-
-
-def _method_functions(value: object) -> list[Any]:
-    if isinstance(value, types.FunctionType):
-        return [value]
-    if isinstance(value, (staticmethod, classmethod)):
-        return [value.__func__]
-    if isinstance(value, property):
-        return [f for f in (value.fget, value.fset, value.fdel) if f is not None]
-    return []
 
 
 def _cell_contents(cell: types.CellType) -> object:
     try:
         return cell.cell_contents
     except ValueError:
-        return _MISSING
+        return MISSING
