@@ -36,7 +36,7 @@ from nbcache.functions.explain import entry_meta, explain, remember
 from nbcache.functions.stampede import DEFAULT_LEASE, compute_once, compute_once_async
 from nbcache.keys.digest import value_digest
 from nbcache.keys.fingerprint import code_token, function_fingerprint
-from nbcache.keys.snapshot import FingerprintMemo
+from nbcache.keys.snapshot import CodeSnapshot, FingerprintMemo
 from nbcache.stores.api import NO_VALUE, NoValue
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,9 @@ class CachedFunction:
         self._hits = self._misses = 0
         self._saved = 0.0
         self._warned: set[tuple[str, ...]] = set()
+        # Globals a run of this code was seen changing: state, not inputs. Tied to the
+        # fingerprint they were learned under; edited code learns afresh.
+        self._learned_state: tuple[str, frozenset[str]] = ("", frozenset())
 
     def __nbcache_token__(self) -> object:
         # Callers reaching this function through the wrapper fingerprint what it computes.
@@ -265,7 +268,7 @@ class CachedFunction:
         """The key and key material of one call (raises when it has none)."""
         snapshot = self.memo.current()
         arguments = self.keys.argument_digests(args, kwargs)
-        global_digests, opaque = snapshot.global_digests()
+        global_digests, opaque = snapshot.global_digests(self._state(snapshot))
         for label, problem in opaque.items():
             # A connection or lock read from a global: its state is not an input we can see;
             # keyed by type, and said once.
@@ -279,6 +282,63 @@ class CachedFunction:
                 level=logging.DEBUG,
             )
         return self.keys.build(snapshot.fingerprint, arguments, global_digests)
+
+    def _state(self, snapshot: CodeSnapshot) -> frozenset[str]:
+        """Labels of the globals this code changes as it runs (left out of its keys)."""
+        fingerprint, learned = self._learned_state
+        state = snapshot.assigned | learned if fingerprint == snapshot.fingerprint else None
+        if state is None:
+            self._learned_state = (snapshot.fingerprint, frozenset())
+            state = snapshot.assigned
+        for label in snapshot.assigned:
+            self._announce_state(label)
+        return state
+
+    def _announce_state(self, label: str) -> None:
+        self._warn_once(
+            ("state", label), "nbcache: %s", self._state_note(label), level=logging.INFO
+        )
+
+    def _state_note(self, label: str) -> str:
+        return (
+            f"{self.name}() changes global `{label}` while it runs: it is state, not an "
+            "input, and a hit does not replay that change"
+        )
+
+    def _without_state_changed_by_run(self, call: CallKey) -> CallKey:
+        """``call``'s key less the globals the run just changed, which are state (learned).
+
+        The digests in ``call`` were taken before the run; a global whose digest differs now
+        was changed by the run itself, so keying on it would make every call miss.
+        """
+        if not call.global_inputs:
+            return call
+        snapshot = self.memo.current()
+        leave_out = [
+            label for label in self._global_labels(snapshot) if label not in call.global_inputs
+        ]
+        after, _ = snapshot.global_digests(leave_out)
+        changed = {
+            label
+            for label, digest in call.global_inputs.items()
+            if after.get(label, digest) != digest
+        }
+        if not changed:
+            return call
+        fingerprint, learned = self._learned_state
+        if fingerprint != snapshot.fingerprint:
+            learned = frozenset()
+        self._learned_state = (snapshot.fingerprint, learned | changed)
+        for label in sorted(changed):
+            self._announce_state(label)
+        inputs = {
+            label: digest for label, digest in call.global_inputs.items() if label not in changed
+        }
+        return self.keys.build(call.code, call.arguments, inputs)
+
+    @staticmethod
+    def _global_labels(snapshot: CodeSnapshot) -> list[str]:
+        return [global_input.label for global_input in snapshot.global_inputs]
 
     def _read(self, cache: Cache, call: CallKey) -> _Hit | NoValue:
         # The generation is a raw token read in the same round trip: only the entry is
@@ -312,6 +372,7 @@ class CachedFunction:
 
     def _store(self, cache: Cache, call: CallKey, value: Any, duration: float) -> None:
         try:
+            call = self._without_state_changed_by_run(call)
             generation = cache.entries.current_token(self.keys.generation_key)
             if generation is None:
                 return
@@ -385,9 +446,14 @@ class CachedFunction:
             return CacheInfo(self._hits, self._misses, self._saved)
 
     def explain(self, *args: Any, **kwargs: Any) -> str:
-        """Why ``f(*args, **kwargs)`` would miss now, or "hit", or "no entry yet"."""
+        """Why ``f(*args, **kwargs)`` would miss now, or "hit", or "no entry yet".
+
+        Globals the function changes as it runs (state, left out of its keys) are named after.
+        """
         call = self.call_key(args, kwargs)
-        return self._explain(self.cache(), call)
+        reason = self._explain(self.cache(), call)
+        state = sorted(self._state(self.memo.current()))
+        return "; ".join([reason, *(self._state_note(label) for label in state)])
 
     def _explain(self, cache: Cache, call: CallKey) -> str:
         generation, (entry, records) = cache.entries.get_token_and_entries(
