@@ -143,6 +143,12 @@ class TokenWriter:
         writer.value(obj)
         return writer.digest()
 
+    def digest_written_by(self, write: Callable[[TokenWriter], None]) -> bytes:
+        """The 16-byte digest of what ``write`` writes into a fresh writer (cycles still seen)."""
+        writer = TokenWriter(self._path)
+        write(writer)
+        return writer.digest()
+
     def enter(self, obj: object) -> bool:
         """Start a nested object: False (and a back reference written) if it is a cycle.
 

@@ -23,6 +23,8 @@ import pandas as pd
 
 from nbcache.keys import digest_numpy
 from nbcache.keys.digest import TokenWriter, register_handler, write_type
+from nbcache.keys.witness import remembered_digest
+from nbcache.keys.witness_pandas import pandas_witness
 
 # A RangeIndex is written as the int64 values it stands for, generated this many at a time.
 _RANGE_BLOCK = 1 << 16
@@ -114,6 +116,10 @@ def _own_class(writer: TokenWriter, obj: object, base: type) -> None:
 def _series(writer: TokenWriter, series: Any) -> None:
     _own_class(writer, series, pd.Series)
     writer.tag("pandas.Series")
+    writer.raw(_content_digest(writer, series, _series_content))
+
+
+def _series_content(writer: TokenWriter, series: Any) -> None:
     writer.value(series.name)
     _index(writer, series.index)
     _write_values(writer, series)
@@ -123,12 +129,27 @@ def _series(writer: TokenWriter, series: Any) -> None:
 def _data_frame(writer: TokenWriter, frame: Any) -> None:
     _own_class(writer, frame, pd.DataFrame)
     writer.tag("pandas.DataFrame")
+    writer.raw(_content_digest(writer, frame, _frame_content))
+
+
+def _frame_content(writer: TokenWriter, frame: Any) -> None:
     _index(writer, frame.columns)
     _index(writer, frame.index)
     writer.count(frame.shape[1])
     for position in range(frame.shape[1]):
         _write_values(writer, frame.iloc[:, position])
     writer.value(dict(frame.attrs))
+
+
+def _content_digest(writer: TokenWriter, value: Any, content: Any) -> bytes:
+    """The digest of a frame's or series's content: remembered while its witness holds.
+
+    A pandas object is encoded as this 16-byte digest of its content, whether computed now
+    or remembered, so its encoding never depends on whether a witness was at hand.
+    """
+    return remembered_digest(
+        value, pandas_witness, lambda: writer.digest_written_by(lambda w: content(w, value))
+    )
 
 
 def _categorical(writer: TokenWriter, categorical: Any) -> None:
