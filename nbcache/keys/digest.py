@@ -12,6 +12,8 @@ Choices a caller should know:
 * ``-0.0`` and ``0.0`` digest differently (they print and divide differently); every float NaN
   digests the same.
 * dicts and sets digest independently of their order; ``OrderedDict`` keeps its order.
+* Flat containers of plain values (lists of strings, dicts of settings, lists of records) are
+  encoded whole at C speed (:mod:`nbcache.keys.digest_plain`).
 * A container that contains itself digests deterministically: a reference back to an object
   that is still being digested is encoded as its distance up the path.
 * Types are looked up exactly first, then a class's ``__nbcache_token__`` method, then along the
@@ -39,6 +41,7 @@ from typing import Any
 import xxhash
 
 from nbcache.exceptions import UnhashableValue
+from nbcache.keys.digest_plain import plain_dict, plain_sequence, plain_set
 from nbcache.keys.live_state import live_state_reason
 from nbcache.keys.provenance import is_user_module
 
@@ -47,7 +50,7 @@ __all__ = ["TokenWriter", "UnhashableValue", "register_token", "value_digest"]
 #: Writes one value's encoding into a :class:`TokenWriter`.
 Handler = Callable[["TokenWriter", Any], None]
 
-_FORMAT_VERSION = b"nbcache.keys.digest/2\x00"
+_FORMAT_VERSION = b"nbcache.keys.digest/3\x00"
 _DIRECT_HASH_BYTES = 1 << 16  # buffers this big are hashed in place rather than copied
 _MAX_RESOLVED_TYPES = 10_000
 
@@ -55,6 +58,8 @@ _pack_u64 = struct.Struct("<Q").pack
 _pack_i64 = struct.Struct("<q").pack
 _pack_f64 = struct.Struct("<d").pack
 _NAN_BYTES = _pack_f64(float("nan"))
+#: Starts the encoding of a container of plain values (:mod:`nbcache.keys.digest_plain`).
+_PLAIN = b"\x10"
 
 # Handlers that are not user-registered stand for themselves; a subclass of one of these
 # types is tagged with its own class before the base encoding.
@@ -194,6 +199,15 @@ def value_digest(obj: object) -> str:
                 _remembered.clear()
             _remembered[(cls, obj)] = remembered
         return remembered
+    plain = _PLAIN_ENCODERS.get(cls)
+    if plain is not None:
+        # A flat container of plain values: its encoding (what the handler would write after
+        # the format prefix) hashed at once, without a TokenWriter.
+        encoded = plain[1](obj)
+        if encoded is not None:
+            hasher = xxhash.xxh3_128(plain[0] + _pack_u64(len(encoded)))
+            hasher.update(encoded)
+            return str(hasher.hexdigest())
     return _fresh_digest(obj)
 
 
@@ -443,7 +457,14 @@ def _memoryview(writer: TokenWriter, obj: memoryview) -> None:
 
 
 def _sequence(tag: bytes) -> Handler:
+    plain_tag = _PLAIN + tag
+
     def sequence(writer: TokenWriter, obj: list[object] | tuple[object, ...]) -> None:
+        encoded = plain_sequence(obj)
+        if encoded is not None:
+            writer.raw(plain_tag)
+            writer.sized(encoded)
+            return
         if not writer.enter(obj):
             return
         writer.raw(tag)
@@ -456,6 +477,11 @@ def _sequence(tag: bytes) -> Handler:
 
 
 def _dict(writer: TokenWriter, obj: dict[object, object]) -> None:
+    encoded = plain_dict(obj)
+    if encoded is not None:
+        writer.raw(_PLAIN + b"d")
+        writer.sized(encoded)
+        return
     if not writer.enter(obj):
         return
     keyed = sorted((writer.digest_of(key), position) for position, key in enumerate(obj))
@@ -476,7 +502,14 @@ def _dict(writer: TokenWriter, obj: dict[object, object]) -> None:
 
 
 def _set(tag: bytes) -> Handler:
+    plain_tag = _PLAIN + tag
+
     def unordered(writer: TokenWriter, obj: collections.abc.Set[object]) -> None:
+        encoded = plain_set(obj)  # type: ignore[arg-type]
+        if encoded is not None:
+            writer.raw(plain_tag)
+            writer.sized(encoded)
+            return
         if not writer.enter(obj):
             return
         members = sorted(writer.digest_of(member) for member in obj)
@@ -488,6 +521,12 @@ def _set(tag: bytes) -> Handler:
 
     return unordered
 
+
+_PLAIN_ENCODERS: dict[type, tuple[bytes, Callable[[Any], bytes | None]]] = {
+    list: (_FORMAT_VERSION + _PLAIN + b"l", plain_sequence),
+    tuple: (_FORMAT_VERSION + _PLAIN + b"t", plain_sequence),
+    dict: (_FORMAT_VERSION + _PLAIN + b"d", plain_dict),
+}
 
 for _type, _handler in (
     (type(None), _none),
