@@ -21,9 +21,10 @@ Choices a caller should know:
   5 reduction of the object, whose parts are digested canonically in turn.
 * Live state (open files, sockets, locks, generators, iterators, threads, database
   connections) and anything that cannot be pickled raise :class:`UnhashableValue`.
-* numpy and pandas are never imported here: their handlers register the first time a value
-  from one of them is digested (:mod:`nbcache.keys.digest_numpy`,
-  :mod:`nbcache.keys.digest_pandas`).
+* numpy, pandas, pyarrow and polars are never imported here: their handlers register the
+  first time a value from one of them is digested (:mod:`nbcache.keys.digest_numpy`,
+  :mod:`nbcache.keys.digest_pandas`, :mod:`nbcache.keys.digest_arrow`,
+  :mod:`nbcache.keys.digest_polars`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ _builtin_types: set[type] = set()
 _lazy_handler_modules = {
     "numpy": "nbcache.keys.digest_numpy",
     "pandas": "nbcache.keys.digest_pandas",
+    "pyarrow": "nbcache.keys.digest_arrow",
+    "polars": "nbcache.keys.digest_polars",
 }
 _lazy_lock = threading.RLock()
 

@@ -7,9 +7,11 @@ An Index digests by its values, dtype, names and frequency, not its class: a ``R
 the equal int64 ``Index`` digest equal. A MultiIndex digests level values by position, so
 different level/code layouts of equal labels digest equal. ``attrs`` count.
 
-Text and other extension columns are read as objects a batch at a time and encoded by
-:func:`nbcache.keys.digest_numpy.write_object_elements` (strings at C speed, exactly, with missing
-values kept apart); a ``RangeIndex`` is written as its int64 values without materialising them.
+Text columns (``str``, ``string``, Arrow strings) are encoded by
+:mod:`nbcache.keys.digest_text`, from Arrow buffers or from Python strings alike; other
+extension columns are read as objects a batch at a time and encoded by
+:func:`nbcache.keys.digest_numpy.write_object_elements`; a ``RangeIndex`` is written as its
+int64 values without materialising them.
 
 Imported by :mod:`nbcache.keys.digest` the first time a pandas value is digested.
 """
@@ -23,6 +25,7 @@ import pandas as pd
 
 from nbcache.keys import digest_numpy
 from nbcache.keys.digest import TokenWriter, register_handler, write_type
+from nbcache.keys.digest_text import object_blocks, write_text_column
 from nbcache.keys.witness import remembered_digest
 from nbcache.keys.witness_pandas import pandas_witness
 
@@ -72,6 +75,8 @@ def _extension_array(writer: TokenWriter, array: Any) -> None:
         digest_numpy.write_array_content(writer, np.asarray(array.codes))
     elif hasattr(array, "asi8"):  # datetimes, timedeltas, periods: int64 ticks, NaT included
         digest_numpy.write_array_content(writer, np.asarray(array.asi8))
+    elif _is_text(dtype):
+        _text(writer, array)
     elif hasattr(array, "_data") and hasattr(array, "_mask"):  # nullable Int64, Float64, boolean
         mask = np.asarray(array._mask, dtype=bool)
         data = np.asarray(array._data)
@@ -81,6 +86,27 @@ def _extension_array(writer: TokenWriter, array: Any) -> None:
         digest_numpy.write_array_content(writer, data)
     else:  # strings, intervals, sparse, arrow-backed: as objects, one batch at a time
         digest_numpy.write_object_elements(writer, len(array), _object_slicer(array))
+
+
+def _is_text(dtype: Any) -> bool:
+    if isinstance(dtype, pd.StringDtype):
+        return True
+    if isinstance(dtype, pd.ArrowDtype):
+        from nbcache.keys.digest_arrow import is_text
+
+        return is_text(dtype.pyarrow_dtype)  # type: ignore[no-any-return]
+    return False
+
+
+def _text(writer: TokenWriter, array: Any) -> None:
+    """A text column, from Arrow buffers or Python strings: both encode alike."""
+    if hasattr(array, "_pa_array"):
+        from nbcache.keys.digest_arrow import write_arrow_values
+
+        write_arrow_values(writer, array._pa_array)
+        return
+    values = np.asarray(array._ndarray)  # str objects and missing values, never other types
+    write_text_column(writer, len(values), object_blocks(values))
 
 
 def _object_slicer(array: Any) -> digest_numpy.ElementSlicer:
