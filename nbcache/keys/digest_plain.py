@@ -21,7 +21,6 @@ digest alike, takes the general encoding too.
 from __future__ import annotations
 
 import array
-import itertools
 import marshal
 import operator
 import struct
@@ -64,14 +63,13 @@ def plain_dict(mapping: dict[Any, Any]) -> bytes | None:
     key_types = set(map(type, mapping))
     if len(key_types) != 1 or not _SORTABLE.issuperset(key_types):
         return None
-    keys = sorted(mapping)
-    values = list(map(mapping.__getitem__, keys))
-    encoded_values = _values(values, set(map(type, values)))
-    if encoded_values is None:
+    value_types = set(map(type, mapping.values()))
+    if not _PLAIN.issuperset(value_types):
         return None
-    encoded_keys = _values(keys, key_types)
-    assert encoded_keys is not None  # keys of one sortable type are plain
-    return _pack_u64(len(encoded_keys)) + encoded_keys + encoded_values
+    if float in value_types and _has_nan(list(mapping.values())):
+        return None
+    items = marshal.dumps(sorted(mapping.items()), _MARSHAL_FORMAT)
+    return _framed(b"d", len(mapping), items)
 
 
 def _values(items: Sequence[Any], types: set[type]) -> bytes | None:
@@ -85,6 +83,10 @@ def _values(items: Sequence[Any], types: set[type]) -> bytes | None:
             return _framed(b"q", len(items), array.array("q", items).tobytes())
         except OverflowError:
             pass  # an int beyond 64 bits: marshal writes it
+    elif types == {float}:
+        if _has_nan(items):
+            return None
+        return _framed(b"f", len(items), array.array("d", items).tobytes())
     if not _PLAIN.issuperset(types) or (float in types and _has_nan(items)):
         return None
     data = marshal.dumps(items, _MARSHAL_FORMAT)  # type: ignore[arg-type]
@@ -98,8 +100,8 @@ def _framed(kind: bytes, count: int, data: bytes) -> bytes:
 def _records(rows: list[Any] | tuple[Any, ...]) -> bytes | None:
     """The encoding of dicts sharing one set of keys, as a table, or None.
 
-    Every item is exactly a ``dict``. The keys are sorted once; each row's values are read in
-    that order, so rows that list their keys in different orders encode alike.
+    Every item is exactly a ``dict``. The keys are sorted once and the table is written column
+    by column, so rows that list their keys in different orders encode alike.
     """
     keys: list[Any] | None = None
     layouts = set(map(tuple, rows))
@@ -116,13 +118,16 @@ def _records(rows: list[Any] | tuple[Any, ...]) -> bytes | None:
             return None
     if not keys:
         return None
-    values = list(map(operator.itemgetter(*keys), rows))
-    flat = values if len(keys) == 1 else list(itertools.chain.from_iterable(values))
-    types = set(map(type, flat))
-    if not _PLAIN.issuperset(types) or (float in types and _has_nan(flat)):
-        return None
-    table = marshal.dumps((keys, values), _MARSHAL_FORMAT)
-    return _framed(b"r", len(rows), table)
+    columns = [list(map(operator.itemgetter(key), rows)) for key in keys]
+    encoded_keys = _values(keys, {type(keys[0])})
+    assert encoded_keys is not None  # keys of one sortable type are plain
+    encoded = [encoded_keys]
+    for column in columns:
+        encoded_column = _values(column, set(map(type, column)))
+        if encoded_column is None:
+            return None
+        encoded.append(encoded_column)
+    return _framed(b"r", len(rows), b"".join(encoded))
 
 
 def _has_nan(items: Iterable[Any]) -> bool:
