@@ -3,13 +3,13 @@
 A text column (pandas' ``str`` and ``string`` dtypes in either storage, Arrow string arrays,
 polars ``String`` columns) encodes as its length, then, for each block of :data:`BLOCK`
 positions, a bitmap of its missing values, the UTF-8 byte lengths of its present strings
-(64-bit), and their bytes separated by NULs. Blocks are counted in positions, not bytes, so the
+(64-bit), and their bytes. Blocks are counted in positions, not bytes, so the
 encoding depends on the strings alone: a column held as Python strings and the same column
 held in Arrow buffers encode alike, however either is chunked.
 
 Python strings are joined with NUL separators and UTF-8 encoded (lone surrogates kept) a block
-at a time, at C speed; Arrow strings are read from their offsets and data buffers, and the
-separators inserted with numpy. A block never copies more than its own text.
+at a time, at C speed, and split with numpy; Arrow strings are read from their offsets and
+data buffers in place. A block never copies more than its own text.
 """
 
 from __future__ import annotations
@@ -58,15 +58,18 @@ def object_blocks(values: np.ndarray[Any, Any]) -> Blocks:
             )
             strings = part[~missing]
             joined = "\x00".join(strings)
-        data = joined.encode("utf-8", "surrogatepass")
+        encoded = np.frombuffer(joined.encode("utf-8", "surrogatepass"), dtype=np.uint8)
         del joined
-        separators = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0)
+        is_separator = encoded == 0
+        separators = np.flatnonzero(is_separator)
         if len(separators) == max(len(strings) - 1, 0):
-            bounds = np.concatenate(([-1], separators, [len(data)]))
+            bounds = np.concatenate(([-1], separators, [len(encoded)]))
             lengths = np.diff(bounds) - 1 if len(strings) else np.zeros(0, dtype="<i8")
+            data: Any = encoded[~is_separator] if len(separators) else encoded
         else:  # a string holds a NUL itself: measure each one
-            sizes = (len(text.encode("utf-8", "surrogatepass")) for text in strings)
-            lengths = np.fromiter(sizes, dtype="<i8", count=len(strings))
+            pieces = [text.encode("utf-8", "surrogatepass") for text in strings]
+            lengths = np.fromiter(map(len, pieces), dtype="<i8", count=len(pieces))
+            data = b"".join(pieces)
         yield [np.packbits(missing), lengths.astype("<i8"), data]
 
 
@@ -86,8 +89,7 @@ def arrow_blocks(offsets: np.ndarray[Any, Any], data: Any, missing: np.ndarray[A
             if lengths[absent].any():  # a null slot may hold bytes: leave them out
                 text = text[np.repeat(~absent, lengths)]
             lengths = lengths[~absent]
-        separated = np.insert(text, np.cumsum(lengths[:-1]), 0) if len(lengths) > 1 else text
-        yield [np.packbits(absent), lengths, separated]
+        yield [np.packbits(absent), lengths, text]
 
 
 def _bytes_of(data: Any) -> memoryview:
