@@ -22,7 +22,7 @@ def notebook(source: str, namespace: dict[str, Any] | None = None) -> dict[str, 
     return namespace
 
 
-@pytest.fixture(params=["simple", "memcached"])
+@pytest.fixture(params=["simple", pytest.param("memcached", marks=pytest.mark.memcached)])
 def cache(request: pytest.FixtureRequest) -> Iterator[nbcache.Cache]:
     if request.param == "simple":
         yield SimpleCache()
