@@ -181,6 +181,10 @@ def test_an_unchanged_frame_is_remembered_not_digested_again() -> None:
         df.loc["u", "x"] = -1.0
         value_digest(df)
         assert len(calls) == 2
+        odd_names = pd.DataFrame({"_name": [1.0, 2.0], "_attrs": [3.0, 4.0]})
+        value_digest(odd_names)
+        value_digest(odd_names)
+        assert len(calls) == 3
     finally:
         digest_pandas._frame_content = original
 

@@ -64,7 +64,7 @@ def _parts(value: Any) -> tuple[object, ...] | None:
     if value._attrs:
         return None
     manager = value._mgr
-    parts: list[object] = [manager, manager.blocks, getattr(value, "_name", None)]
+    parts: list[object] = [manager, manager.blocks, vars(value).get("_name")]  # a Series name
     for axis in manager.axes:
         parts.append(axis)
         _index_parts(axis, parts)
