@@ -286,13 +286,12 @@ class CachedFunction:
     def _state(self, snapshot: CodeSnapshot) -> frozenset[str]:
         """Labels of the globals this code changes as it runs (left out of its keys)."""
         fingerprint, learned = self._learned_state
-        state = snapshot.assigned | learned if fingerprint == snapshot.fingerprint else None
-        if state is None:
-            self._learned_state = (snapshot.fingerprint, frozenset())
-            state = snapshot.assigned
-        for label in snapshot.assigned:
+        if fingerprint == snapshot.fingerprint:
+            return snapshot.assigned | learned if learned else snapshot.assigned
+        self._learned_state = (snapshot.fingerprint, frozenset())
+        for label in sorted(snapshot.assigned):
             self._announce_state(label)
-        return state
+        return snapshot.assigned
 
     def _announce_state(self, label: str) -> None:
         self._warn_once(
