@@ -16,6 +16,7 @@ _EXPORTS = {
     "Cache": "nbcache.cache",
     "SimpleCache": "nbcache.cache",
     "MemcachedCache": "nbcache.cache",
+    "GAEMemcachedCache": "nbcache.cache",
     "configure": "nbcache.config",
     "get_cache": "nbcache.config",
     "NbcacheError": "nbcache.exceptions",
@@ -32,6 +33,7 @@ __all__ = [*sorted(_EXPORTS), "load_ipython_extension"]
 
 if TYPE_CHECKING:
     from nbcache.cache import Cache as Cache
+    from nbcache.cache import GAEMemcachedCache as GAEMemcachedCache
     from nbcache.cache import MemcachedCache as MemcachedCache
     from nbcache.cache import SimpleCache as SimpleCache
     from nbcache.config import configure as configure

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from nbcache.entries.secrets import SecretSpec
 
-__all__ = ["DEFAULT_TIMEOUT", "Cache", "MemcachedCache", "SimpleCache"]
+__all__ = ["DEFAULT_TIMEOUT", "Cache", "GAEMemcachedCache", "MemcachedCache", "SimpleCache"]
 
 
 class Cache:
@@ -197,11 +197,7 @@ class MemcachedCache(Cache):
         compress: bool = False,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        from nbcache.entries.secrets import resolve_secrets
-        from nbcache.entries.signing import Signer
-        from nbcache.stores.chunked import ChunkedStore
         from nbcache.stores.memcached.store import MemcachedStore
-        from nbcache.stores.namespace import NamespacedStore
 
         self.servers = server_list(servers)
         self.key_prefix = key_prefix or "nbcache"
@@ -211,20 +207,78 @@ class MemcachedCache(Cache):
             timeout=timeout,
             tls_context=tls_context,
         )
-        store: ByteStore = NamespacedStore(ChunkedStore(raw), self.key_prefix)
+        store, envelope = shared_layers(raw, self.key_prefix, secret)
         if compress:
             from nbcache.stores.compressed import CompressedStore
 
             store = CompressedStore(store)
         super().__init__(
             store,
-            Envelope(Signer(resolve_secrets(secret)), context=self.key_prefix),
+            envelope,
             default_timeout=default_timeout,
             name="memcached",
         )
 
     def __repr__(self) -> str:
         return f"<MemcachedCache {','.join(self.servers)} prefix={self.key_prefix!r}>"
+
+
+class GAEMemcachedCache(Cache):
+    """A cache on App Engine's memcache service, shared by every instance and version of an app.
+
+    Args:
+        default_timeout: seconds an entry lives when ``set`` is given no timeout (0: until
+            evicted).
+        key_prefix: the namespace (default ``"nbcache"``): ``clear()`` forgets this
+            namespace's entries only, and caches with different prefixes never meet.
+        secret: the signing secret(s), as for :class:`MemcachedCache`. Every version of the
+            app reads the same service, so entries are signed and checked like memcached's.
+        timeout: seconds the service may take to answer one call; past it the call is a miss
+            or a failed write.
+
+    Needs the App Engine SDK (``pip install "nbcache[gae]"``; without it this raises
+    :class:`~nbcache.exceptions.ConfigurationError`) and App Engine's bundled services in the
+    process: an app with ``app_engine_apis`` on, or a ``google.appengine.ext.testbed`` in
+    tests. App Engine's request namespace does not apply: ``key_prefix`` separates caches.
+    Values over the service's 1 MB limit are chunked.
+    """
+
+    def __init__(
+        self,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        key_prefix: str | None = None,
+        secret: SecretSpec = None,
+        *,
+        timeout: float = 2.0,
+    ) -> None:
+        from nbcache.stores.gae import GAEMemcacheStore
+
+        self.key_prefix = key_prefix or "nbcache"
+        store, envelope = shared_layers(GAEMemcacheStore(deadline=timeout), self.key_prefix, secret)
+        super().__init__(
+            store, envelope, default_timeout=default_timeout, name="App Engine memcache"
+        )
+
+    def __repr__(self) -> str:
+        return f"<GAEMemcachedCache prefix={self.key_prefix!r}>"
+
+
+def shared_layers(
+    raw: ByteStore, key_prefix: str, secret: SecretSpec
+) -> tuple[ByteStore, Envelope]:
+    """The layers a store shared between processes needs, and the envelope of its entries.
+
+    ``raw`` is wrapped in chunks (values over its item limit) under a namespace (``clear()``
+    in O(1), other prefixes untouched); entries are signed with ``secret`` in the context of
+    ``key_prefix``, so an entry copied from another namespace does not verify.
+    """
+    from nbcache.entries.secrets import resolve_secrets
+    from nbcache.entries.signing import Signer
+    from nbcache.stores.chunked import ChunkedStore
+    from nbcache.stores.namespace import NamespacedStore
+
+    store = NamespacedStore(ChunkedStore(raw), key_prefix)
+    return store, Envelope(Signer(resolve_secrets(secret)), context=key_prefix)
 
 
 def server_list(servers: Sequence[str] | str) -> list[str]:

@@ -10,6 +10,8 @@ URLs::
     memcached://127.0.0.1:11211                 one server
     memcached://127.0.0.1:11211,127.0.0.1:11212 several (consistent hashing)
         query: key_prefix, default_timeout, timeout, connect_timeout
+    gae://                                      App Engine's memcache service
+        query: key_prefix, default_timeout, timeout
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import threading
 from urllib.parse import parse_qsl, urlsplit
 
-from nbcache.cache import Cache, MemcachedCache, SimpleCache
+from nbcache.cache import Cache, GAEMemcachedCache, MemcachedCache, SimpleCache
 from nbcache.exceptions import ConfigurationError
 
 ENV_VAR = "NBCACHE_URL"
@@ -32,6 +34,7 @@ _MEMCACHED_OPTIONS = {
     "timeout": float,
     "connect_timeout": float,
 }
+_GAE_OPTIONS = {"key_prefix": str, "default_timeout": float, "timeout": float}
 
 
 def configure(cache: Cache | str | None = None) -> Cache:
@@ -85,8 +88,15 @@ def cache_from(spec: Cache | str) -> Cache:
             )
         servers = [server for server in parts.netloc.split(",") if server.strip()]
         return MemcachedCache(servers, **_typed(spec, options, _MEMCACHED_OPTIONS))  # type: ignore[arg-type]
+    if parts.scheme == "gae":
+        if parts.netloc or parts.path.strip("/"):
+            raise ConfigurationError(
+                f"App Engine's memcache takes no server: write gae:// (with ?key_prefix=... "
+                f"if you like), not {spec!r}"
+            )
+        return GAEMemcachedCache(**_typed(spec, options, _GAE_OPTIONS))  # type: ignore[arg-type]
     raise ConfigurationError(
-        f"unknown cache URL {spec!r}: use simple:// or memcached://HOST:PORT[,HOST:PORT...]"
+        f"unknown cache URL {spec!r}: use simple://, memcached://HOST:PORT[,HOST:PORT...] or gae://"
     )
 
 
