@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from memcached_server import MemcachedServer
 
-pytest_plugins = ["memcached_fixtures", "ipython_fixtures"]
+pytest_plugins = ["memcached_fixtures", "ipython_fixtures", "gae_fixtures"]
 
 _SERVERS_BEFORE = pytest.StashKey[int]()
 

@@ -12,16 +12,20 @@ import pandas as pd
 import pytest
 from memcached_server import MemcachedServer
 
-from nbcache import MemcachedCache, SimpleCache, UnpicklableValueError
+from nbcache import GAEMemcachedCache, MemcachedCache, SimpleCache, UnpicklableValueError
 from nbcache.cache import Cache
 
 SECRET = "conformance-suite-secret-0123456789"
 
 
-@pytest.fixture(params=["simple", pytest.param("memcached", marks=pytest.mark.memcached)])
+@pytest.fixture(params=["simple", pytest.param("memcached", marks=pytest.mark.memcached), "gae"])
 def cache(request: pytest.FixtureRequest) -> Iterator[Cache]:
     if request.param == "simple":
         yield SimpleCache()
+        return
+    if request.param == "gae":
+        request.getfixturevalue("gae_memcache")
+        yield GAEMemcachedCache(secret=SECRET)
         return
     server: MemcachedServer = request.getfixturevalue("memcached")
     yield MemcachedCache([server.address], secret=SECRET)

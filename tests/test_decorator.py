@@ -32,10 +32,13 @@ def notebook(source: str, namespace: dict[str, Any] | None = None) -> dict[str, 
     return namespace
 
 
-@pytest.fixture(params=["simple", pytest.param("memcached", marks=pytest.mark.memcached)])
+@pytest.fixture(params=["simple", pytest.param("memcached", marks=pytest.mark.memcached), "gae"])
 def cache(request: pytest.FixtureRequest) -> Iterator[nbcache.Cache]:
     if request.param == "simple":
         yield SimpleCache()
+    elif request.param == "gae":
+        request.getfixturevalue("gae_memcache")
+        yield nbcache.GAEMemcachedCache()
     else:
         server = request.getfixturevalue("memcached")
         yield MemcachedCache([server.address])
