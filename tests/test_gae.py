@@ -87,6 +87,7 @@ def test_the_cache_chunks_what_the_store_would_refuse(cache: GAEMemcachedCache) 
     assert cache.get("big") == value
 
 
+@pytest.mark.slow
 def test_a_fifty_megabyte_array_is_stored_in_items_the_service_takes(
     cache: GAEMemcachedCache,
 ) -> None:
@@ -100,6 +101,7 @@ def test_a_fifty_megabyte_array_is_stored_in_items_the_service_takes(
     assert stats["bytes"] < array.nbytes * 1.01
 
 
+@pytest.mark.slow
 def test_a_ttl_over_thirty_days_is_sent_as_a_date_the_service_reads_right(
     store: GAEMemcacheStore,
 ) -> None:
@@ -272,6 +274,7 @@ def service_errors() -> list[Any]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error_index", range(4))
 def test_a_failing_service_costs_misses_and_one_warning_then_caching_resumes(
     cache: GAEMemcachedCache,
@@ -310,6 +313,7 @@ def test_without_the_service_in_the_process_a_warning_says_how_to_set_it_up(
     assert "app_engine_apis" in warning and "testbed" in warning
 
 
+@pytest.mark.slow
 def test_every_call_is_bounded_by_the_timeout(gae_memcache: Any) -> None:
     from google.appengine.api import apiproxy_stub_map
 

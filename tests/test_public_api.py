@@ -16,6 +16,7 @@ PUBLIC = {
     "CacheInfo",
     "ConfigurationError",
     "Entry",
+    "GAEMemcachedCache",
     "MemcachedCache",
     "NO_VALUE",
     "NbcacheError",
