@@ -60,7 +60,7 @@ class NbcacheMagics(Magics):  # type: ignore[misc]
     )
     url = Unicode(
         "",
-        help="Cache URL (simple:// or memcached://HOST:PORT,...). Empty: $NBCACHE_URL, "
+        help="Cache URL (simple://, memcached://HOST:PORT,... or gae://). Empty: $NBCACHE_URL, "
         "else the in-process cache.",
     ).tag(config=True)
 
@@ -108,7 +108,7 @@ class NbcacheMagics(Magics):  # type: ignore[misc]
     def nbcache(self, line: str) -> None:
         """Show the cache, namespace and this session's hits, misses and time saved.
 
-        ``%nbcache use URL`` switches the cache (simple:// or memcached://HOST:PORT);
+        ``%nbcache use URL`` switches the cache (simple://, memcached://HOST:PORT or gae://);
         ``%nbcache clear`` forgets every entry of this namespace.
         """
         args = _parse_argstring(self.nbcache, line)
