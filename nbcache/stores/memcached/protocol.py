@@ -28,6 +28,10 @@ from typing import TYPE_CHECKING, NoReturn
 if TYPE_CHECKING:
     from pymemcache.client.base import Client
 
+#: The largest expiry memcached parses: it reads the field as a signed 32-bit number, and a
+#: command line it cannot parse is refused *before* the value, whose bytes it then reads as
+#: commands of their own. As a unix time this is 2038-01-19.
+MAX_EXPTIME = 2**31 - 1
 #: Items sent before their replies are read. Bounded so that unread replies (8 bytes each)
 #: can never fill the socket buffers and stall both sides.
 SEND_WINDOW = 64

@@ -44,6 +44,7 @@ from nbcache.stores.memcached import protocol
 from nbcache.stores.memcached.breaker import CircuitBreaker
 from nbcache.stores.memcached.keys import memcached_key
 from nbcache.stores.memcached.pool import Refused, ServerConnection
+from nbcache.stores.memcached.protocol import MAX_EXPTIME
 
 if TYPE_CHECKING:
     import ssl
@@ -60,24 +61,32 @@ DEFAULT_PORT: Final = 11211
 MAX_RELATIVE_EXPIRY: Final = 30 * 24 * 3600
 #: memcached's stock item limit (``-I``), assumed when a server cannot tell.
 DEFAULT_ITEM_SIZE_MAX: Final = 1024 * 1024
-#: Room an item needs besides its value: header, key (<= 250 bytes), CAS, line endings.
 
 
 def memcached_expiry(ttl: float | None, now: float | None = None) -> int:
-    """memcached's ``exptime`` for a ttl in seconds: 0 for ``None`` (never expires).
+    """memcached's ``exptime`` for a ttl in seconds: always an int memcached parses.
 
-    A positive ttl is rounded up to whole seconds, so it never becomes 0 ("never"). Beyond
-    30 days memcached takes the number as an absolute unix time, so such ttls are sent as
-    ``int(now) + ttl`` (``now`` defaults to ``time.time()``).
+    None gives 0 (never expires). A positive ttl is rounded up to whole seconds, so it never
+    becomes 0 ("never"). Beyond 30 days memcached takes the number as an absolute unix time,
+    so such ttls are sent as ``now + ttl`` (``now`` defaults to ``time.time()``); an expiry
+    memcached cannot represent (after 2038-01-19, or infinite) gives 0: the item is kept until
+    evicted, and the entry layer above still honours the expiry signed into the entry.
+
+    Raises ``ValueError`` for a ttl that is not None or positive (zero, negative, NaN) and
+    ``TypeError`` for one that is not a number: nothing is sent then.
     """
     if ttl is None:
         return 0
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(f"a store ttl is None or positive seconds, got {ttl!r}")
     if not ttl > 0:
         raise ValueError(f"a store ttl is None or positive seconds, got {ttl!r}")
-    seconds = math.ceil(ttl)
-    if seconds > MAX_RELATIVE_EXPIRY:
-        return int(time.time() if now is None else now) + seconds
-    return seconds
+    if ttl <= MAX_RELATIVE_EXPIRY:
+        return math.ceil(ttl)
+    moment = int(time.time() if now is None else now) + ttl
+    if not moment <= MAX_EXPTIME:  # also inf
+        return 0
+    return int(math.ceil(moment))
 
 
 def parse_server(address: str) -> tuple[str, int] | str:
