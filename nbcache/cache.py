@@ -10,18 +10,22 @@ warning. The work is done by an :class:`~nbcache.entries.entry_store.EntryStore`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nbcache.entries.entry_store import DEFAULT_TIMEOUT, EntryStore
 from nbcache.entries.envelope import Entry, Envelope
-from nbcache.exceptions import ConfigurationError
+from nbcache.exceptions import ConfigurationError, SecretUnavailable
 from nbcache.stores.api import ByteStore, NoValue
 
 if TYPE_CHECKING:
     import ssl
 
     from nbcache.entries.secrets import SecretSpec
+    from nbcache.entries.signing import Signer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_TIMEOUT", "Cache", "GAEMemcachedCache", "MemcachedCache", "SimpleCache"]
 
@@ -173,11 +177,16 @@ class MemcachedCache(Cache):
             namespace's entries only, and caches with different prefixes never meet.
         secret: the signing secret(s): a string, bytes, or a list whose first item signs and
             every item verifies (rotation). None: ``NBCACHE_SECRET``, else this user's
-            generated secret. An entry that does not verify is never unpickled.
-        connect_timeout: seconds to wait for a connection to a server.
-        timeout: seconds a server may take to answer one operation; a server that is down or
-            hung costs at most this (then milliseconds while it stays down), never an
-            exception.
+            generated secret; if that file cannot be used (see :mod:`nbcache.entries.secrets`),
+            the cache is off: every read misses, one warning says how to set
+            ``NBCACHE_SECRET``. An entry that does not verify is never unpickled.
+        connect_timeout: seconds to wait for a connection to a server (finite, above 0).
+        timeout: seconds a server may take for one whole operation (finite, above 0); a
+            server that is down, hung or slow costs at most this (then milliseconds while it
+            stays down), never an exception.
+
+    Raises :class:`~nbcache.exceptions.ConfigurationError` naming the setting for a server,
+    timeout or secret that cannot work.
         compress: zlib-compress values that shrink by 10 % or more (others are stored as they
             are); it pays on slow links, not on loopback or a fast LAN.
         tls_context: an :class:`ssl.SSLContext` to speak TLS to servers started with TLS on.
@@ -207,7 +216,7 @@ class MemcachedCache(Cache):
             timeout=timeout,
             tls_context=tls_context,
         )
-        store, envelope = shared_layers(raw, self.key_prefix, secret)
+        store, envelope = shared_layers(raw, self.key_prefix, secret, "memcached")
         if compress:
             from nbcache.stores.compressed import CompressedStore
 
@@ -254,7 +263,9 @@ class GAEMemcachedCache(Cache):
         from nbcache.stores.gae import GAEMemcacheStore
 
         self.key_prefix = key_prefix or "nbcache"
-        store, envelope = shared_layers(GAEMemcacheStore(deadline=timeout), self.key_prefix, secret)
+        store, envelope = shared_layers(
+            GAEMemcacheStore(deadline=timeout), self.key_prefix, secret, "App Engine memcache"
+        )
         super().__init__(
             store, envelope, default_timeout=default_timeout, name="App Engine memcache"
         )
@@ -264,21 +275,45 @@ class GAEMemcachedCache(Cache):
 
 
 def shared_layers(
-    raw: ByteStore, key_prefix: str, secret: SecretSpec
+    raw: ByteStore, key_prefix: str, secret: SecretSpec, name: str
 ) -> tuple[ByteStore, Envelope]:
     """The layers a store shared between processes needs, and the envelope of its entries.
 
     ``raw`` is wrapped in chunks (values over its item limit) under a namespace (``clear()``
     in O(1), other prefixes untouched); entries are signed with ``secret`` in the context of
-    ``key_prefix``, so an entry copied from another namespace does not verify.
+    ``key_prefix``, so an entry copied from another namespace does not verify. Without a
+    usable per-user secret file the store is off (``name`` says which, in one warning).
     """
     from nbcache.entries.secrets import resolve_secrets
     from nbcache.entries.signing import Signer
     from nbcache.stores.chunked import ChunkedStore
     from nbcache.stores.namespace import NamespacedStore
 
+    try:
+        signer = Signer(resolve_secrets(secret))
+    except SecretUnavailable as problem:
+        store, signer = _switched_off(problem, name)
+        return store, Envelope(signer, context=key_prefix)
     store = NamespacedStore(ChunkedStore(raw), key_prefix)
-    return store, Envelope(Signer(resolve_secrets(secret)), context=key_prefix)
+    return store, Envelope(signer, context=key_prefix)
+
+
+def _switched_off(problem: SecretUnavailable, name: str) -> tuple[ByteStore, Signer]:
+    """A store that is off, and a throwaway signer, for a cache without a usable secret."""
+    import os
+
+    from nbcache.entries.signing import Signer
+    from nbcache.stores.unavailable import UnavailableStore
+
+    log.warning(
+        "nbcache: caching on %s is off (%s). Computations run uncached. To turn it on, "
+        "set NBCACHE_SECRET to a secret of at least 16 bytes shared by every kernel that should "
+        "share results (python -c 'import secrets; print(secrets.token_hex(32))'), or fix %s",
+        name,
+        problem,
+        problem.path,
+    )
+    return UnavailableStore(f"caching on {name} is off: {problem}"), Signer([os.urandom(32)])
 
 
 def server_list(servers: Sequence[str] | str) -> list[str]:
@@ -294,10 +329,16 @@ def server_list(servers: Sequence[str] | str) -> list[str]:
             raise ConfigurationError(f"a memcached server is a 'HOST:PORT' string, not {spec!r}")
         spec = spec.strip()
         host, _, port = spec.rpartition(":")
-        if not host or not port.isdigit() or "," in spec:
+        if "@" in host:
+            # Not echoed: the part before '@' may be a password.
             raise ConfigurationError(
-                f"memcached server {spec!r} is not HOST:PORT, e.g. 127.0.0.1:11211 (give "
-                "several as a list, or as one string separated by commas)"
+                f"memcached server '...@{spec.rpartition('@')[2]}' holds a user name or "
+                "password; memcached takes none: write HOST:PORT, e.g. 127.0.0.1:11211"
+            )
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "," in spec:
+            raise ConfigurationError(
+                f"memcached server {spec!r} is not HOST:PORT with a port from 1 to 65535, e.g. "
+                "127.0.0.1:11211 (give several as a list, or as one string separated by commas)"
             )
         result.append(spec)
     if not result:

@@ -82,6 +82,17 @@ def cache_from(spec: Cache | str) -> Cache:
     if parts.scheme == "simple":
         return SimpleCache(**_typed(spec, options, _SIMPLE_OPTIONS))  # type: ignore[arg-type]
     if parts.scheme == "memcached":
+        if "@" in parts.netloc:
+            # Not echoed: the part before '@' may be a password.
+            raise ConfigurationError(
+                f"the cache URL memcached://...@{parts.netloc.rpartition('@')[2]} holds a user "
+                "name or password; memcached takes none: write memcached://HOST:PORT[,HOST:PORT...]"
+            )
+        if parts.path.strip("/") or parts.fragment:
+            raise ConfigurationError(
+                f"{spec!r} has a path or fragment; write memcached://HOST:PORT[,HOST:PORT...]"
+                "[?option=value&...]"
+            )
         if not parts.netloc.strip(" ,"):
             raise ConfigurationError(
                 f"no server in {spec!r}; write memcached://HOST:PORT[,HOST:PORT...]"

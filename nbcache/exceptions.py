@@ -11,6 +11,19 @@ class ConfigurationError(NbcacheError, ValueError):
     """A setting (URL, secret, option) is malformed; the message says what to write instead."""
 
 
+class SecretUnavailable(ConfigurationError):
+    """No usable per-user secret file (unwritable, not ours, a link, a FIFO, too short ...).
+
+    ``path`` is the file; ``reason`` says what is wrong with it. A cache that would sign with
+    it is off (a miss for every read, one warning) rather than breaking the computation.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"no usable secret at {path}: {reason}")
+
+
 class UnpicklableValueError(NbcacheError, TypeError):
     """A value cannot be serialized, so nothing was stored.
 

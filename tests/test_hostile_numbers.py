@@ -82,7 +82,7 @@ def test_a_hostile_timeout_keeps_the_value_and_runs_none_of_its_bytes(
     assert cache.get("added") == COMMANDS
 
 
-@pytest.mark.parametrize("default_timeout", ["1e19", "inf", "351685732"])
+@pytest.mark.parametrize("default_timeout", ["1e19", "9.3e18", "351685732"])
 def test_a_hostile_default_timeout_in_the_url_keeps_values(
     default_timeout: str,
     memcached: MemcachedServer,

@@ -23,6 +23,7 @@ from typing import Any, TypeVar, cast
 from nbcache.entries.code_identity import CodeFingerprint
 from nbcache.entries.envelope import Entry, Envelope
 from nbcache.exceptions import EntryRefused, StoreFault
+from nbcache.stores import settings
 from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, NoValue
 from nbcache.stores.tokens import create_or_read_token
 
@@ -49,6 +50,17 @@ class EntryStore:
         self.default_timeout = default_timeout
         self.name = name
 
+    @property
+    def default_timeout(self) -> float:
+        """Seconds an entry lives when ``timeout`` is None (0: never expires)."""
+        return self._default_timeout
+
+    @default_timeout.setter
+    def default_timeout(self, seconds: float) -> None:
+        """Raises :class:`~nbcache.exceptions.ConfigurationError` for anything but finite
+        seconds >= 0."""
+        self._default_timeout = settings.expiry_seconds("default_timeout", seconds)
+
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, key: str, code_fingerprint: CodeFingerprint | None = None) -> Entry | NoValue:
@@ -56,11 +68,15 @@ class EntryStore:
 
         ``code_fingerprint``: classes and functions pickled by value come back as this
         process's own where they are the same code (:mod:`nbcache.entries.code_identity`).
+        Every method taking keys raises ``TypeError`` for a key that is not a ``str``.
         """
+        _check_key(key)
         return self.open(key, self.call(self.store.get, NO_VALUE, key), code_fingerprint)
 
     def get_many(self, keys: Sequence[str]) -> list[Entry | NoValue]:
         """Entries in the order of ``keys``, NO_VALUE for each miss; one store round trip."""
+        for key in keys:
+            _check_key(key)
         raws = self.call(self.store.get_many, [NO_VALUE] * len(keys), list(keys))
         return [self.open(key, raw) for key, raw in zip(keys, raws, strict=True)]
 
@@ -83,6 +99,7 @@ class EntryStore:
 
     def has(self, key: str) -> bool:
         """True if ``key`` holds a live, trusted entry (even one whose value is None)."""
+        _check_key(key)
         raw = self.call(self.store.get, NO_VALUE, key)
         return not isinstance(raw, NoValue) and self._live_header(key, raw, warn=True)
 
@@ -108,6 +125,7 @@ class EntryStore:
         :class:`~nbcache.exceptions.UnpicklableValueError` if the value cannot be serialized;
         nothing is stored then and an older value is left as it was.
         """
+        _check_key(key)
         ttl = self.ttl(timeout)
         if ttl is not None and ttl < 0:
             self.delete(key)
@@ -119,6 +137,7 @@ class EntryStore:
 
     def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
         """Store ``value`` only if ``key`` holds no live entry; True if it did not."""
+        _check_key(key)
         ttl = self.ttl(timeout)
         if ttl is not None and ttl < 0:
             return not self.has(key)
@@ -141,6 +160,9 @@ class EntryStore:
 
         Returns the new value, or None if the store failed or the value is not an integer.
         """
+        _check_key(key)
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError(f"inc takes an int delta, not {delta!r}")
         try:
             for _ in range(_CAS_ATTEMPTS):
                 raw, token = self.store.gets(key)
@@ -163,11 +185,21 @@ class EntryStore:
         except StoreFault as fault:
             log.debug("nbcache: inc failed on %s: %s", self.name, fault)
             return None
+        except Exception as fault:  # a store bug or an unforeseen fault must not break the caller
+            log.warning(
+                "nbcache: inc of %r on %s failed (%s: %s)",
+                key,
+                self.name,
+                type(fault).__name__,
+                fault,
+            )
+            return None
         log.warning("nbcache: gave up incrementing %r after %d contested tries", key, _CAS_ATTEMPTS)
         return None
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if something was removed."""
+        _check_key(key)
         return bool(self.call(self.store.delete, False, key))
 
     def clear(self) -> bool:
@@ -255,6 +287,12 @@ class EntryStore:
                 fault,
             )
             return cast(_T, on_fault)
+
+
+def _check_key(key: object) -> None:
+    # Every store maps str keys its own way; another type would work on one and fail on another.
+    if not isinstance(key, str):
+        raise TypeError(f"cache keys are str, not {type(key).__name__} ({key!r:.80})")
 
 
 def token_bytes(token: str) -> bytes:

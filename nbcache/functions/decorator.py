@@ -37,6 +37,7 @@ from nbcache.functions.stampede import DEFAULT_LEASE, compute_once, compute_once
 from nbcache.keys.digest import value_digest
 from nbcache.keys.fingerprint import code_token, function_fingerprint
 from nbcache.keys.snapshot import CodeSnapshot, FingerprintMemo
+from nbcache.stores import settings
 from nbcache.stores.api import NO_VALUE, NoValue
 
 log = logging.getLogger(__name__)
@@ -171,11 +172,9 @@ class CachedFunction:
         version: object,
         lease: float,
     ) -> None:
-        if not lease > 0:
-            raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
         self.func = func
-        self.timeout = timeout
-        self.lease = float(lease)
+        self.timeout = None if timeout is None else settings.expiry_seconds("timeout", timeout)
+        self.lease = settings.wait_seconds("lease", lease)
         self._cache = cache
         self.keys = CallKeyBuilder(func, ignore=ignore, version=version, key=key)
         self.memo = FingerprintMemo(func)

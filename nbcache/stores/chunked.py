@@ -132,7 +132,7 @@ class ChunkedStore:
             limit = getattr(self.inner, "max_item_size", None) or DEFAULT_MAX_ITEM_SIZE
         size = limit() if callable(limit) else limit
         if size <= ITEM_OVERHEAD + MANIFEST_HEADER.size + 1:
-            raise ValueError(f"max_item_size {size} leaves no room for a chunk")
+            raise StoreFault(f"the item limit ({size} bytes) leaves no room for a chunk")
         return int(size) - ITEM_OVERHEAD
 
     @property

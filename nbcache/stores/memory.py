@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbcache.stores import buffers as aligned
+from nbcache.stores import settings
 from nbcache.stores.api import NO_VALUE, Buffer, CasToken, NoValue, byte_view, total_size
 
 log = logging.getLogger(__name__)
@@ -157,12 +158,8 @@ class MemoryStore:
     """
 
     def __init__(self, threshold: int = 500, max_bytes: int | None = None) -> None:
-        if threshold < 1:
-            raise ValueError(f"threshold must be at least 1, not {threshold}")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError(f"max_bytes must be positive or None, not {max_bytes}")
-        self.threshold = threshold
-        self.max_bytes = max_bytes
+        self.threshold = settings.count("threshold", threshold, 1)
+        self.max_bytes = None if max_bytes is None else settings.count("max_bytes", max_bytes, 1)
         self._items: OrderedDict[str, _Item] = OrderedDict()
         self._bytes = 0
         self._versions = 0

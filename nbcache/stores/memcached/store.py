@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from nbcache.exceptions import ConfigurationError, StoreFault
+from nbcache.stores import settings
 from nbcache.stores.api import (
     ITEM_OVERHEAD,
     NO_VALUE,
@@ -86,7 +87,7 @@ def memcached_expiry(ttl: float | None, now: float | None = None) -> int:
     moment = int(time.time() if now is None else now) + ttl
     if not moment <= MAX_EXPTIME:  # also inf
         return 0
-    return int(math.ceil(moment))
+    return math.ceil(moment)
 
 
 def parse_server(address: str) -> tuple[str, int] | str:
@@ -104,9 +105,15 @@ def parse_server(address: str) -> tuple[str, int] | str:
             port = rest.removeprefix(":")
     elif address.count(":") == 1:
         host, port = address.split(":")
-    if not host or not port.isdigit():
+    if "@" in host:
+        raise ConfigurationError(  # not echoed: the part before '@' may be a password
+            f"bad memcached server '...@{address.rpartition('@')[2]}': memcached takes no user "
+            "name or password; write host:port, e.g. 127.0.0.1:11211"
+        )
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigurationError(
-            f"bad memcached server {address!r}: write host:port, e.g. 127.0.0.1:11211"
+            f"bad memcached server {address!r}: write host:port with a port from 1 to 65535, "
+            "e.g. 127.0.0.1:11211"
         )
     return host, int(port)
 
@@ -161,6 +168,16 @@ class MemcachedStore:
     ) -> None:
         from pymemcache.client.base import Client
 
+        connect_timeout = settings.wait_seconds("connect_timeout", connect_timeout)
+        timeout = settings.wait_seconds("timeout", timeout)
+        max_pool_size = settings.count("max_pool_size", max_pool_size, 0)
+        breaker_cooldown = settings.wait_seconds("breaker_cooldown", breaker_cooldown)
+        breaker_max_cooldown = settings.wait_seconds("breaker_max_cooldown", breaker_max_cooldown)
+        if breaker_max_cooldown < breaker_cooldown:
+            raise ConfigurationError(
+                f"breaker_max_cooldown={breaker_max_cooldown!r} is below "
+                f"breaker_cooldown={breaker_cooldown!r}"
+            )
         if isinstance(servers, str):
             servers = servers.split(",")
         addresses = [address.strip() for address in servers]
