@@ -318,3 +318,27 @@ def test_clear_while_a_server_is_paused_keeps_its_old_entries_dead(
     assert [other.get(key) for key in keys[paused.address][1:]] == [None] * (
         len(keys[paused.address]) - 1
     )
+
+
+@pytest.mark.parametrize("idle", [True, False], ids=["idle across the restart", "outage noticed"])
+def test_a_server_restarted_with_a_smaller_item_limit_is_used_at_its_new_limit(
+    memcached_factory: Callable[..., MemcachedServer], idle: bool
+) -> None:
+    """The item limit is asked again after a reconnect or a refused write, so values that fit
+    the old limit but not the new one are chunked at once, not refused forever."""
+    server = memcached_factory(item_size="2m")
+    cache = make_cache(server)
+    value = b"v" * (1536 * 1024)  # one item under -I 2m; two chunks under -I 1m
+    assert round_trips(cache, "before", value)
+    if idle:
+        server.item_size = "1m"
+        server.restart()
+    else:
+        server.kill()
+        assert cache.get("before") is None  # the cache sees the outage
+        server.item_size = "1m"
+        server.start()
+        wait_until(lambda: cache.set("probe", 1), within=10, what="the server back")
+    for index in range(3):
+        assert round_trips(cache, f"after-{index}", value), index
+    assert memcached_store(cache).max_item_size == 1024 * 1024

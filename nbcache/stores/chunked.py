@@ -261,8 +261,19 @@ class ChunkedStore:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
+    def _at_current_limit(self, write: Callable[[int], bool]) -> bool:
+        """``write(chunk_size)``, and once more if it failed and the item limit has changed
+        meanwhile (a server restarted with another ``-I``: its refusal was of the old size)."""
         chunk_size = self.chunk_size
+        if write(chunk_size):
+            return True
+        current = self.chunk_size
+        return current != chunk_size and write(current)
+
+    def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
+        return self._at_current_limit(lambda chunk_size: self._set(key, value, ttl, chunk_size))
+
+    def _set(self, key: str, value: Sequence[Buffer], ttl: float | None, chunk_size: int) -> bool:
         if total_size(value) <= chunk_size - len(INLINE_V2):
             return self.inner.set(key, [*value, INLINE_V2], ttl)
         previous = self._decode_record(key, self.inner.get(key))
@@ -279,7 +290,9 @@ class ChunkedStore:
 
     def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         """Store only if ``key`` holds no readable value (a manifest with lost chunks is none)."""
-        chunk_size = self.chunk_size
+        return self._at_current_limit(lambda chunk_size: self._add(key, value, ttl, chunk_size))
+
+    def _add(self, key: str, value: Sequence[Buffer], ttl: float | None, chunk_size: int) -> bool:
         if total_size(value) <= chunk_size - len(INLINE_V2):
             record: list[Buffer] = [*value, INLINE_V2]
             return self.inner.add(key, record, ttl) or self._replace_unreadable(key, record, ttl)
@@ -296,7 +309,13 @@ class ChunkedStore:
 
     def cas(self, key: str, value: Sequence[Buffer], ttl: float | None, token: CasToken) -> bool:
         """Store only if ``key`` is unchanged since :meth:`gets`; a big value's chunks go first."""
-        chunk_size = self.chunk_size
+        return self._at_current_limit(
+            lambda chunk_size: self._cas(key, value, ttl, token, chunk_size)
+        )
+
+    def _cas(
+        self, key: str, value: Sequence[Buffer], ttl: float | None, token: CasToken, chunk_size: int
+    ) -> bool:
         if total_size(value) <= chunk_size - len(INLINE_V2):
             return self.inner.cas(key, [*value, INLINE_V2], ttl, token)
         written = self._write_chunks(key, value, ttl, chunk_size)

@@ -8,6 +8,7 @@ never pooled again: a half-read reply must not be the next caller's answer.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import weakref
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from nbcache.exceptions import StoreFault
 from nbcache.stores.memcached.breaker import CircuitBreaker
 
 if TYPE_CHECKING:
-    from pymemcache.client.base import Client
+    from nbcache.stores.memcached.deadline import DeadlineClient as Client
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,22 @@ class ServerConnection:
         self._idle: list[Client] = []
         self._lock = threading.Lock()
         self._last_error = ""
+        #: Times a connection was made again after an outage or to a restarted server: its
+        #: settings (the item limit) may have changed.
+        self.reconnects = 0
         # A store dropped without close() still closes its sockets (no ResourceWarning).
         weakref.finalize(self, _close_all, self._idle)
 
-    def run(self, operation: Callable[[Client], T]) -> T:
+    def run(
+        self, operation: Callable[[Client], T], allowance: float = 0.0, budget: float = math.inf
+    ) -> T:
         """``operation`` on a pooled client, guarded by the breaker.
 
-        Raises :class:`StoreFault` when the server is unreachable, times out, or the breaker
-        is open; ``Refused`` when the server answered with a SERVER_ERROR.
+        The operation as a whole gets the client's timeout plus ``allowance`` seconds (for
+        big transfers), however slowly the server answers, and may receive ``budget`` bytes
+        (a server sending more is out of protocol). Raises :class:`StoreFault` when
+        the server is unreachable, times out, or the breaker is open; ``Refused`` when the
+        server answered with a SERVER_ERROR.
         """
         if not self.breaker.allow():
             raise StoreFault(
@@ -60,7 +69,7 @@ class ServerConnection:
                 f"next try in {self.breaker.retry_in():.1f} s"
             )
         try:
-            result = self._run_on_pool(operation)
+            result = self._run_on_pool(operation, allowance, budget)
         except BaseException as error:
             reachable = self._answered(error)
             if reachable is None:
@@ -96,9 +105,10 @@ class ServerConnection:
             return False  # refused, reset, timed out, TLS failure, or a garbled reply
         return None
 
-    def _run_on_pool(self, operation: Callable[[Client], T]) -> T:
+    def _run_on_pool(self, operation: Callable[[Client], T], allowance: float, budget: float) -> T:
         client = self._checkout()
         reused = client.sock is not None
+        client.start_operation(allowance, budget)
         try:
             result = operation(client)
         except BaseException as error:
@@ -108,8 +118,10 @@ class ServerConnection:
             # A pooled connection found closed: the server restarted since it was last used.
             # Every idle connection is as stale; retry once on a fresh one.
             log.debug("nbcache: stale connection to %s (%s); reconnecting", self.address, error)
+            self.reconnects += 1
             self.drop_idle()
             client = self._new_client()
+            client.start_operation(allowance, budget)
             try:
                 result = operation(client)
             except BaseException:
@@ -121,6 +133,7 @@ class ServerConnection:
     def _record(self, reachable: bool, error: BaseException | None) -> None:
         if reachable:
             if self.breaker.succeeded():
+                self.reconnects += 1
                 log.info("nbcache: memcached server %s is back", self.address)
             return
         assert error is not None

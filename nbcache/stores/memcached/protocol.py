@@ -43,6 +43,15 @@ KEYS_PER_GET = 64
 REPLY_READ = 16384
 #: The most asked for in one ``recv``, however long the value still arriving.
 MAX_REPLY_READ = 4 * 1024 * 1024
+#: The slowest transfer a big operation is allowed: an operation moving ``n`` bytes gets
+#: ``n / MIN_TRANSFER_RATE`` seconds on top of the store's timeout, so a 1 GiB value still
+#: crosses a slow link (about 100 s more), while a server that trickles stays bounded.
+MIN_TRANSFER_RATE = 10 * 1000 * 1000
+#: The longest value memcached can hold (its ``-I`` goes up to 1024m): a reply announcing a
+#: longer one is out of protocol, and is refused before any of it is read.
+MAX_VALUE_BYTES = 1024 * 1024 * 1024
+#: The smallest item limit memcached accepts (``-I 1k``).
+MIN_ITEM_BYTES = 1024
 #: Values up to this size are copied out of the reply as ``bytes`` (cheaper to use than a view
 #: for small values); larger ones are ``memoryview`` slices of the reply, never copied.
 COPY_BELOW = 4096
@@ -51,11 +60,16 @@ COPY_BELOW = 4096
 LINE_READ = 4096
 
 
+def transfer_allowance(size: int) -> float:
+    """Seconds an operation moving ``size`` bytes gets on top of the timeout."""
+    return size / MIN_TRANSFER_RATE
+
+
 def connected_socket(client: Client) -> socket.socket:
     """The socket of a pooled pymemcache client, connecting it first if needed.
 
-    The client sets its timeouts (connect, then per-operation) on the socket, so every
-    ``send``/``recv`` here is bounded by the store's ``timeout``.
+    The pool's clients wrap their sockets so that every ``send``/``recv`` here ends by the
+    operation's deadline (:mod:`nbcache.stores.memcached.deadline`).
     """
     if client.sock is None:
         client._connect()  # pymemcache connects lazily; this is how it does so itself
@@ -136,6 +150,22 @@ def get_values(sock: socket.socket, names: Sequence[bytes]) -> dict[bytes, bytes
     return values
 
 
+def delete(sock: socket.socket, name: bytes) -> bool:
+    """``delete`` ``name``: True if it was there. Raises on any reply but ``DELETED`` or
+    ``NOT_FOUND`` (pymemcache reads anything else as False, leaving the connection out of
+    step with the server)."""
+    sock.sendall(b"delete " + name + b"\r\n")
+    reader = _ReplyReader(sock)
+    line = reader.line()
+    if reader.buffered:
+        _out_of_protocol("bytes after the reply to delete")
+    if line == b"DELETED":
+        return True
+    if line == b"NOT_FOUND":
+        return False
+    _raise_error_reply(line)
+
+
 class GetReply:
     """The parser of one ``get`` reply (``VALUE <key> <flags> <bytes>`` items, then ``END``).
 
@@ -200,8 +230,11 @@ class GetReply:
             name = fields[1]
             if name not in self._wanted or name in values:
                 _out_of_protocol(f"unexpected value for key {name[:64]!r}")
+            length = int(fields[3])
+            if length > MAX_VALUE_BYTES:
+                _out_of_protocol(f"a value of {length} bytes announced")
             value_start = line_end + 2
-            value_end = value_start + int(fields[3])
+            value_end = value_start + length
             if value_end + 2 > size:
                 self._need = value_end + 2 - position
                 break
@@ -302,7 +335,8 @@ def _is_tls(sock: socket.socket) -> bool:
     import sys
 
     ssl = sys.modules.get("ssl")
-    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+    # A pooled connection's socket is wrapped (a deadline for the whole operation).
+    return ssl is not None and isinstance(getattr(sock, "wrapped", sock), ssl.SSLSocket)
 
 
 class _ReplyReader:
@@ -313,6 +347,11 @@ class _ReplyReader:
         self._buffer = bytearray(LINE_READ * 2)
         self._start = 0
         self._end = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet read."""
+        return self._end - self._start
 
     def line(self) -> bytes:
         """The next line, without its CRLF."""

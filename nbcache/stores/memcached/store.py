@@ -45,12 +45,12 @@ from nbcache.stores.memcached import protocol
 from nbcache.stores.memcached.breaker import CircuitBreaker
 from nbcache.stores.memcached.keys import memcached_key
 from nbcache.stores.memcached.pool import Refused, ServerConnection
-from nbcache.stores.memcached.protocol import MAX_EXPTIME
+from nbcache.stores.memcached.protocol import MAX_EXPTIME, transfer_allowance
 
 if TYPE_CHECKING:
     import ssl
 
-    from pymemcache.client.base import Client
+    from nbcache.stores.memcached.deadline import DeadlineClient as Client
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ DEFAULT_PORT: Final = 11211
 MAX_RELATIVE_EXPIRY: Final = 30 * 24 * 3600
 #: memcached's stock item limit (``-I``), assumed when a server cannot tell.
 DEFAULT_ITEM_SIZE_MAX: Final = 1024 * 1024
+#: Bytes a reply may take besides values: one status line, or a value's line and CRLF.
+REPLY_LINE: Final = 1024
+#: Bytes a ``stats settings`` reply may take (memcached 1.6 sends about 4 KiB).
+STATS_REPLY: Final = 64 * 1024
 
 
 def memcached_expiry(ttl: float | None, now: float | None = None) -> int:
@@ -141,6 +145,20 @@ def _get_many_of(names: list[bytes]) -> Callable[[Client], dict[bytes, bytes | m
     return get_many
 
 
+def _item_size_max(client: Client) -> int:
+    """The server's item limit (``-I``); a reply without one in memcached's range is out of
+    protocol (raised inside the operation, so its connection is discarded)."""
+    from pymemcache.exceptions import MemcacheUnknownError
+
+    try:
+        size = int(client.stats("settings")[b"item_size_max"])
+    except (KeyError, ValueError) as error:
+        raise MemcacheUnknownError(f"no item_size_max in stats settings ({error})") from None
+    if not protocol.MIN_ITEM_BYTES <= size <= protocol.MAX_VALUE_BYTES:
+        raise MemcacheUnknownError(f"item_size_max {size} is out of memcached's range")
+    return size
+
+
 class MemcachedStore:
     """A :class:`~nbcache.stores.api.ByteStore` on memcached servers (``"host:port"`` strings).
 
@@ -166,7 +184,7 @@ class MemcachedStore:
         breaker_cooldown: float = 1.0,
         breaker_max_cooldown: float = 8.0,
     ) -> None:
-        from pymemcache.client.base import Client
+        from nbcache.stores.memcached.deadline import DeadlineClient
 
         connect_timeout = settings.wait_seconds("connect_timeout", connect_timeout)
         timeout = settings.wait_seconds("timeout", timeout)
@@ -191,7 +209,7 @@ class MemcachedStore:
             spec = parse_server(address)
 
             def new_client(spec: tuple[str, int] | str = spec) -> Client:
-                return Client(
+                return DeadlineClient(
                     spec,
                     connect_timeout=connect_timeout,
                     timeout=timeout,
@@ -208,7 +226,8 @@ class MemcachedStore:
             )
         self._only = self._servers[addresses[0]] if len(addresses) == 1 else None
         self._seeds = [address.encode() + b"\0" for address in addresses]
-        self._max_item_size: int | None = None
+        # Per server: its item limit, and its reconnect count when that was read.
+        self._item_size: dict[str, tuple[int, int]] = {}
         self._memory_limit: int | None = None
 
     @property
@@ -233,7 +252,7 @@ class MemcachedStore:
     def get(self, key: str) -> Value:
         mapped = self._map(key)
         name = mapped.encode("ascii")
-        value = self._read(mapped, lambda client: client.get(name))
+        value = self._read(mapped, lambda client: client.get(name), *self._read_limits(1))
         return NO_VALUE if value is None else value
 
     def get_many(self, keys: Sequence[str]) -> list[Value]:
@@ -245,7 +264,7 @@ class MemcachedStore:
         names = [self._map(key).encode("ascii") for key in keys]
         if self._only is not None:
             # One server (the usual case): no grouping, and its fault is the call's fault.
-            found_here = self._only.run(_get_many_of(names))
+            found_here = self._only.run(_get_many_of(names), *self._read_limits(len(names)))
             return [found_here.get(name, NO_VALUE) for name in names]
         by_server: dict[ServerConnection, list[bytes]] = {}
         for name in names:
@@ -254,7 +273,8 @@ class MemcachedStore:
         faults: list[StoreFault] = []
         for server, server_names in by_server.items():
             try:
-                found.update(server.run(_get_many_of(server_names)))
+                limits = self._read_limits(len(server_names))
+                found.update(server.run(_get_many_of(server_names), *limits))
             except StoreFault as fault:
                 faults.append(fault)
         if faults and len(faults) == len(by_server):
@@ -264,16 +284,28 @@ class MemcachedStore:
     def gets(self, key: str) -> tuple[Value, CasToken | None]:
         mapped = self._map(key)
         name = mapped.encode("ascii")
-        value, cas = self._read(mapped, lambda client: client.gets(name))
+        value, cas = self._read(mapped, lambda client: client.gets(name), *self._read_limits(1))
         if value is None:
             return NO_VALUE, None
         return value, CasToken(cas)
 
-    def _read(self, mapped: str, operation: Callable[[Client], T]) -> T:
+    def _read(
+        self,
+        mapped: str,
+        operation: Callable[[Client], T],
+        allowance: float = 0.0,
+        budget: float = REPLY_LINE,
+    ) -> T:
         try:
-            return self._server(mapped).run(operation)
+            return self._server(mapped).run(operation, allowance, budget)
         except Refused as error:
             raise StoreFault(str(error)) from error
+
+    def _read_limits(self, values: int) -> tuple[float, int]:
+        """Seconds beyond the timeout, and bytes, that a reply of ``values`` values may take."""
+        largest = max(self._item_sizes())
+        size = values * (largest + REPLY_LINE) + REPLY_LINE
+        return transfer_allowance(size), size
 
     # -- writes -----------------------------------------------------------------------
 
@@ -310,9 +342,11 @@ class MemcachedStore:
             return method(name, data, expire=expire, noreply=False)
 
         try:
-            return self._server(mapped).run(write) is True
+            allowance = transfer_allowance(len(data))
+            return self._server(mapped).run(write, allowance, REPLY_LINE) is True
         except Refused as error:
             log.debug("nbcache: %s", error)
+            self._forget_limits()
             return False
 
     # -- chunks of big values, without copies ------------------------------------------
@@ -336,12 +370,15 @@ class MemcachedStore:
             def send(client: Client, server_items: list[Any] = server_items) -> list[bool]:
                 return protocol.set_items(protocol.connected_socket(client), server_items, expire)
 
+            size = sum(view.nbytes for _, views in server_items for view in views)
+            allowance, budget = transfer_allowance(size), len(server_items) * REPLY_LINE
             try:
-                refused = not all(server.run(send))
+                refused = not all(server.run(send, allowance, budget))
             except Refused as error:
                 raise StoreFault(str(error)) from error
             if refused:
                 log.debug("nbcache: memcached server %s refused a chunk", server.address)
+                self._forget_limits()
                 stored = False
         return stored
 
@@ -368,7 +405,7 @@ class MemcachedStore:
                 return protocol.get_into(protocol.connected_socket(client), names, views)
 
             try:
-                server_found = server.run(receive)
+                server_found = server.run(receive, *self._read_limits(len(names)))
             except Refused as error:
                 raise StoreFault(str(error)) from error
             for position, ok in zip(positions, server_found, strict=True):
@@ -378,7 +415,9 @@ class MemcachedStore:
     def delete(self, key: str) -> bool:
         mapped = self._map(key)
         name = mapped.encode("ascii")
-        return self._read(mapped, lambda client: client.delete(name, noreply=False)) is True
+        return self._read(
+            mapped, lambda client: protocol.delete(protocol.connected_socket(client), name)
+        )
 
     def clear(self) -> bool:
         """Not available: memcached is shared, and this store never flushes a server.
@@ -402,24 +441,32 @@ class MemcachedStore:
     def max_item_size(self) -> int:
         """The smallest ``item_size_max`` among the servers (``-I``), 1 MiB when unknown.
 
-        Read once; a server that cannot be asked counts as 1 MiB, and the question is asked
-        again next time until every server has answered.
+        Each server is asked once, and again after it was reconnected (it may have restarted
+        with another ``-I``) or a write was refused (the value may have been over a new,
+        lower limit). A server that cannot be asked counts as 1 MiB, and is asked again next
+        time.
         """
-        if self._max_item_size is not None:
-            return self._max_item_size
+        return min(self._item_sizes())
+
+    def _item_sizes(self) -> list[int]:
         sizes = []
-        known = True
         for server in self._servers.values():
-            try:
-                settings = server.run(lambda client: client.stats("settings"))
-                sizes.append(int(settings[b"item_size_max"]))
-            except (StoreFault, KeyError, ValueError):
-                known = False
-                sizes.append(DEFAULT_ITEM_SIZE_MAX)
-        size = min(sizes)
-        if known:
-            self._max_item_size = size
-        return size
+            known = self._item_size.get(server.address)
+            if known is None or known[1] != server.reconnects:
+                reconnects = server.reconnects
+                try:
+                    size = server.run(_item_size_max, 0.0, STATS_REPLY)
+                except StoreFault:
+                    sizes.append(DEFAULT_ITEM_SIZE_MAX)
+                    continue
+                known = self._item_size[server.address] = (size, reconnects)
+            sizes.append(known[0])
+        return sizes
+
+    def _forget_limits(self) -> None:
+        """Ask the servers for their item and memory limits again at the next use."""
+        self._item_size.clear()
+        self._memory_limit = None
 
     @property
     def memory_limit(self) -> int | None:
@@ -432,7 +479,7 @@ class MemcachedStore:
         total = 0
         for server in self._servers.values():
             try:
-                stats = server.run(lambda client: client.stats())
+                stats = server.run(lambda client: client.stats(), 0.0, STATS_REPLY)
                 total += int(stats[b"limit_maxbytes"])
             except (StoreFault, KeyError, ValueError):
                 return None
