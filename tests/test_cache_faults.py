@@ -9,7 +9,9 @@ generous upper bounds for a loaded 2-core machine; each test states the ones it 
 from __future__ import annotations
 
 import logging
+import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -342,3 +344,40 @@ def test_a_server_restarted_with_a_smaller_item_limit_is_used_at_its_new_limit(
     for index in range(3):
         assert round_trips(cache, f"after-{index}", value), index
     assert memcached_store(cache).max_item_size == 1024 * 1024
+
+
+FORKED_ROUNDS = 400
+
+
+def test_a_forked_child_and_its_parent_never_share_a_connection(
+    server: MemcachedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both use the cache at once after the fork, starting with the pooled connection the
+    parent opened before it: every reply reaches the process that asked, every increment is
+    counted once, and nobody blames the server."""
+    cache = make_cache(server)
+    assert cache.set("shared", "value")
+    assert cache.get("shared") == "value"  # the parent's pooled connection is open now
+    caplog.set_level(logging.INFO, logger="nbcache")
+    readable, writable = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking while other threads of the test run exist: this
+        # test's own processes start none, and the child only uses the cache.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        try:
+            logging.disable(logging.CRITICAL)
+            results = [(cache.inc("child"), cache.get("shared")) for _ in range(FORKED_ROUNDS)]
+            expected = [(n, "value") for n in range(1, FORKED_ROUNDS + 1)]
+            os.write(writable, b"ok" if results == expected else repr(results[:5]).encode())
+        finally:
+            os._exit(0)
+    os.close(writable)
+    results = [(cache.inc("parent"), cache.get("shared")) for _ in range(FORKED_ROUNDS)]
+    os.waitpid(pid, 0)
+    with os.fdopen(readable, "rb") as report:
+        assert report.read() == b"ok"
+    assert results == [(n, "value") for n in range(1, FORKED_ROUNDS + 1)]
+    assert cache.inc("child", 0) == FORKED_ROUNDS
+    assert warnings_of(caplog) == []

@@ -99,6 +99,13 @@ class CircuitBreaker:
             self._opened_at = now
             return starts_outage
 
+    def forget_inherited(self) -> None:
+        """In a forked child: a fresh lock (a parent thread may have held this one), and no
+        trial call pending (the parent's, if any, never reports to the child)."""
+        self._lock = threading.Lock()
+        if self._state == "half-open":
+            self._state = "open"
+
     def abandoned(self) -> None:
         """Record an allowed call that ended without a verdict; a pending trial is re-armed."""
         with self._lock:

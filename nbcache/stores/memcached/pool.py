@@ -3,12 +3,18 @@
 A thread takes a connection from the pool for one call and gives it back afterwards, so
 replies never cross between threads. A connection whose call failed in any way is closed,
 never pooled again: a half-read reply must not be the next caller's answer.
+
+A process made by ``os.fork()`` inherits the pool's sockets, which are the parent's
+connections: used from both sides, replies would cross between processes. The child drops
+every inherited connection (closing only its own copies of the descriptors) and its locks,
+and connects afresh.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -51,6 +57,16 @@ class ServerConnection:
         self.reconnects = 0
         # A store dropped without close() still closes its sockets (no ResourceWarning).
         weakref.finalize(self, _close_all, self._idle)
+        _pools.add(self)
+
+    def forget_inherited(self) -> None:
+        """In a forked child: drop the parent's connections and any lock a parent thread held."""
+        self._lock = threading.Lock()
+        self.breaker.forget_inherited()
+        inherited = self._idle.copy()
+        self._idle.clear()
+        # Closing the child's copy of a descriptor leaves the parent's connection open.
+        _close_all(inherited)
 
     def run(
         self, operation: Callable[[Client], T], allowance: float = 0.0, budget: float = math.inf
@@ -167,6 +183,18 @@ class ServerConnection:
             idle = self._idle.copy()
             self._idle.clear()
         _close_all(idle)
+
+
+_pools: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_pools):
+        pool.forget_inherited()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _found_closed(error: BaseException) -> bool:
