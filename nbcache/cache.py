@@ -173,8 +173,12 @@ class MemcachedCache(Cache):
             spread over them by consistent hashing; a dead server costs only its own keys.
         default_timeout: seconds an entry lives when ``set`` is given no timeout (0: until
             evicted).
-        key_prefix: the namespace (default ``"nbcache"``): ``clear()`` forgets this
-            namespace's entries only, and caches with different prefixes never meet.
+        key_prefix: the namespace: ``clear()`` forgets this namespace's entries only, and
+            caches with different prefixes never meet. By default it is derived from the
+            signing secret (``nbcache-`` and the signing key's id), so kernels with different
+            secrets never meet either; rotating the signing secret starts a new, empty
+            namespace. Give the same ``key_prefix`` to kernels whose secrets differ but must
+            read each other's entries during a rotation.
         secret: the signing secret(s): a string, bytes, or a list whose first item signs and
             every item verifies (rotation). None: ``NBCACHE_SECRET``, else this user's
             generated secret; if that file cannot be used (see :mod:`nbcache.entries.secrets`),
@@ -209,14 +213,13 @@ class MemcachedCache(Cache):
         from nbcache.stores.memcached.store import MemcachedStore
 
         self.servers = server_list(servers)
-        self.key_prefix = key_prefix or "nbcache"
         raw = MemcachedStore(
             self.servers,
             connect_timeout=connect_timeout,
             timeout=timeout,
             tls_context=tls_context,
         )
-        store, envelope = shared_layers(raw, self.key_prefix, secret, "memcached")
+        store, envelope, self.key_prefix = shared_layers(raw, key_prefix, secret, "memcached")
         if compress:
             from nbcache.stores.compressed import CompressedStore
 
@@ -238,8 +241,8 @@ class GAEMemcachedCache(Cache):
     Args:
         default_timeout: seconds an entry lives when ``set`` is given no timeout (0: until
             evicted).
-        key_prefix: the namespace (default ``"nbcache"``): ``clear()`` forgets this
-            namespace's entries only, and caches with different prefixes never meet.
+        key_prefix: the namespace, as for :class:`MemcachedCache` (by default derived from
+            the signing secret): ``clear()`` forgets this namespace's entries only.
         secret: the signing secret(s), as for :class:`MemcachedCache`. Every version of the
             app reads the same service, so entries are signed and checked like memcached's.
         timeout: seconds the service may take to answer one call; past it the call is a miss
@@ -262,9 +265,8 @@ class GAEMemcachedCache(Cache):
     ) -> None:
         from nbcache.stores.gae import GAEMemcacheStore
 
-        self.key_prefix = key_prefix or "nbcache"
-        store, envelope = shared_layers(
-            GAEMemcacheStore(deadline=timeout), self.key_prefix, secret, "App Engine memcache"
+        store, envelope, self.key_prefix = shared_layers(
+            GAEMemcacheStore(deadline=timeout), key_prefix, secret, "App Engine memcache"
         )
         super().__init__(
             store, envelope, default_timeout=default_timeout, name="App Engine memcache"
@@ -275,27 +277,36 @@ class GAEMemcachedCache(Cache):
 
 
 def shared_layers(
-    raw: ByteStore, key_prefix: str, secret: SecretSpec, name: str
-) -> tuple[ByteStore, Envelope]:
-    """The layers a store shared between processes needs, and the envelope of its entries.
+    raw: ByteStore, key_prefix: str | None, secret: SecretSpec, name: str
+) -> tuple[ByteStore, Envelope, str]:
+    """The layers a store shared between processes needs, its entries' envelope, its namespace.
 
-    ``raw`` is wrapped in chunks (values over its item limit) under a namespace (``clear()``
-    in O(1), other prefixes untouched); entries are signed with ``secret`` in the context of
-    ``key_prefix``, so an entry copied from another namespace does not verify. Without a
-    usable per-user secret file the store is off (``name`` says which, in one warning).
+    ``raw`` is wrapped in chunks (values over its item limit; each manifest signed, so a
+    planted one costs nothing) under a namespace (``clear()`` in O(1), other prefixes
+    untouched); entries are signed with ``secret`` in the context of the namespace, so an
+    entry copied from another namespace does not verify. The namespace is ``key_prefix``, or
+    by default ``nbcache-`` and the signing key's id: caches with different secrets never
+    meet. Without a usable per-user secret file the store is off (``name`` says which, in
+    one warning).
     """
     from nbcache.entries.secrets import resolve_secrets
     from nbcache.entries.signing import Signer
     from nbcache.stores.chunked import ChunkedStore
     from nbcache.stores.namespace import NamespacedStore
 
+    if key_prefix is not None and not isinstance(key_prefix, str):
+        raise ConfigurationError(f"key_prefix={key_prefix!r} is not a string")
     try:
-        signer = Signer(resolve_secrets(secret))
+        secrets = resolve_secrets(secret)
     except SecretUnavailable as problem:
+        namespace = key_prefix or "nbcache"
         store, signer = _switched_off(problem, name)
-        return store, Envelope(signer, context=key_prefix)
-    store = NamespacedStore(ChunkedStore(raw), key_prefix)
-    return store, Envelope(signer, context=key_prefix)
+        return store, Envelope(signer, context=namespace), namespace
+    signer = Signer(secrets)
+    namespace = key_prefix or f"nbcache-{signer.key_id.hex()}"
+    manifests = Signer(secrets, purpose="chunked value manifest")
+    store = NamespacedStore(ChunkedStore(raw, authenticator=manifests), namespace)
+    return store, Envelope(signer, context=namespace), namespace
 
 
 def _switched_off(problem: SecretUnavailable, name: str) -> tuple[ByteStore, Signer]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 import urllib.parse
@@ -29,14 +30,26 @@ from pymemcache.client.base import Client
 from nbcache import MemcachedCache, cached_result
 from nbcache.entries.envelope import Envelope
 from nbcache.entries.signing import Signer
+from nbcache.stores.api import NO_VALUE
+from nbcache.stores.chunk_layout import MANIFEST_HEADER
+from nbcache.stores.chunked import ChunkedStore
+from nbcache.stores.memcached.store import MemcachedStore
+from nbcache.testing import resident_growth
 
 pytestmark = pytest.mark.memcached
 
 SECRET = "the-users-secret-0123456789abcdef"
 ATTACKER_SECRET = "the-attackers-own-secret-0123456789"
-#: Where MemcachedCache's namespace keeps its generation token on the server.
-NAMESPACE_GENERATION = "k:7:nbcache#generation"
+#: The namespace MemcachedCache derives from SECRET, and where on the server its keys are.
+NAMESPACE = MemcachedCache(["127.0.0.1:11211"], secret=SECRET).key_prefix
+DATA_KEYS = f"k:{len(NAMESPACE)}:{NAMESPACE}:"
+NAMESPACE_GENERATION = f"k:{len(NAMESPACE)}:{NAMESPACE}#generation"
 BIG = 3 * 1024 * 1024  # bytes: over the 1 MiB item limit, so the value is chunked
+MIB = 1024 * 1024
+
+
+def _size_id(size: int) -> str:
+    return f"{size / MIB:.0f} MiB"
 
 
 class MakesMarker:
@@ -218,7 +231,7 @@ def test_forged_envelopes_under_every_key_are_refused_with_a_warning(
     generation = raw.get(generation_key(keys))
     assert generation is not None
     for key in truth:
-        memcached_key = f"k:7:nbcache:{key}"
+        memcached_key = f"{DATA_KEYS}{key}"
         assert memcached_key in keys, keys
         if forgery == "wrong MAC":
             # The user's own format and key id, the attacker's payload, a MAC they guessed.
@@ -263,10 +276,10 @@ def test_a_chunk_replaced_with_a_matching_manifest_digest_is_refused_by_the_mac(
     truth = {"big": true_big(7)}
     assert cache.set("big", truth["big"])
     keys = server_keys(memcached)
-    manifest_key = "k:7:nbcache:big"
+    manifest_key = f"{DATA_KEYS}big"
     manifest = raw.get(manifest_key)
-    write_id, total, count, _ = struct.unpack_from("<16sQI16s", manifest, 0)
-    sizes = struct.unpack_from(f"<{count}I", manifest, 44)
+    write_id, total, count, _, _ = MANIFEST_HEADER.unpack_from(manifest, 0)
+    sizes = struct.unpack_from(f"<{count}I", manifest, MANIFEST_HEADER.size)
     chunk_names = [f"{manifest_key}#chunk:{write_id.hex()}:{i}" for i in range(count)]
     assert set(chunk_names) <= set(keys)
     chunks = [raw.get(name) for name in chunk_names]
@@ -277,7 +290,10 @@ def test_a_chunk_replaced_with_a_matching_manifest_digest_is_refused_by_the_mac(
     chunks[-1] = bytes(last)
     assert raw.set(chunk_names[-1], chunks[-1], noreply=False)
     digest = xxhash.xxh3_128(b"".join(chunks)).digest()
-    forged = struct.pack("<16sQI16s", write_id, total, count, digest) + manifest[44:]
+    forged = (
+        MANIFEST_HEADER.pack(write_id, total, count, digest, manifest[MANIFEST_HEADER.size - 1])
+        + manifest[MANIFEST_HEADER.size :]
+    )
     assert sizes and raw.set(manifest_key, forged, noreply=False)
     caplog.set_level(logging.WARNING, logger="nbcache")
     assert_recomputed(cache, truth)
@@ -293,7 +309,7 @@ def test_manifests_swapped_between_keys_are_misses(
     truth = {"big-a": true_big(1), "big-b": true_big(2)}
     for key, value in truth.items():
         assert cache.set(key, value)
-    a, b = "k:7:nbcache:big-a", "k:7:nbcache:big-b"
+    a, b = f"{DATA_KEYS}big-a", f"{DATA_KEYS}big-b"
     manifest_a, manifest_b = raw.get(a), raw.get(b)
     assert raw.set(a, manifest_b, noreply=False) and raw.set(b, manifest_a, noreply=False)
     # Swapped alone, each manifest names chunks that do not exist under its new key.
@@ -307,6 +323,7 @@ def test_manifests_swapped_between_keys_are_misses(
                 copied = raw.get(name)
                 assert raw.set(target + name[len(source) :], copied, noreply=False)
     caplog.set_level(logging.WARNING, logger="nbcache")
+    caplog.clear()
     assert_recomputed(cache, truth)
     warnings = refusals(caplog)
     assert len(warnings) == 2 and all("bad signature" in w for w in warnings), warnings
@@ -338,7 +355,7 @@ def plant_forged_entries(
     for key in keys:
         if key == NAMESPACE_GENERATION or not where(key):
             continue
-        cache_key = key.removeprefix("k:7:nbcache:")
+        cache_key = key.removeprefix(DATA_KEYS)
         forged = b"".join(bytes(f) for f in attacker.seal(cache_key, MakesMarker(marker), None))
         # A record is the value, the generation token, then the inline-record tag.
         assert raw.set(key, forged + generation, noreply=False)
@@ -398,3 +415,60 @@ def forge_with_wrong_mac(genuine: bytes, marker: Path) -> bytes:
     key_id = genuine[header_end : header_end + 4]
     preamble = genuine[:4] + len(header_bytes).to_bytes(4, "little") + header_bytes
     return preamble + key_id + os.urandom(32) + payload
+
+
+#: A manifest of each format nbcache has read, claiming ``claim`` bytes: format 2 (before
+#: manifests were signed), an unsigned one, and a signed one with a made-up tag.
+def planted_manifests(claim: int) -> dict[str, bytes]:
+    chunk = min(claim, 1 << 30)
+    count = claim // chunk
+    sizes = struct.pack(f"<{count}I", *([chunk] * count))
+    write_id, digest = os.urandom(16), os.urandom(16)
+    current = MANIFEST_HEADER.pack(write_id, claim, count, digest, 0) + sizes
+    return {
+        "format 2": struct.pack("<16sQI16s", write_id, claim, count, digest) + sizes + b"\x14",
+        "unsigned": current + b"\x15",
+        "forged tag": current + os.urandom(36) + b"\x16",
+    }
+
+
+@pytest.mark.parametrize("claim", [64 * MIB, 1 << 30, 3 << 30, 200 << 30], ids=_size_id)
+def test_a_planted_manifest_costs_the_reader_no_memory(
+    claim: int,
+    cache: MemcachedCache,
+    raw: Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Someone without the secret plants a manifest claiming a huge value under the user's
+    key. It is refused before it sizes anything. Bounds: peak resident growth < 32 MiB and
+    < 5 s per read."""
+    caplog.set_level(logging.WARNING, logger="nbcache")
+    for form, manifest in planted_manifests(claim).items():
+        key = "victim-" + form.replace(" ", "-")
+        assert cache.set(key, "the true value")
+        assert raw.set(f"{DATA_KEYS}{key}", manifest, noreply=False)
+        caplog.clear()
+        with resident_growth() as growth:
+            start = time.monotonic()
+            assert cache.get(key) is None, form
+            assert not cache.has(key), form
+            seconds = time.monotonic() - start
+        assert growth.peak < 32 * MIB, f"{form}: {growth.peak / MIB:.0f} MiB"
+        assert seconds < 5.0, f"{form}: {seconds:.1f} s"
+        assert refusals(caplog), form
+        assert cache.set(key, "recomputed") and cache.get(key) == "recomputed"
+
+
+def test_without_an_authenticator_a_manifest_sizes_nothing_the_server_does_not_hold(
+    memcached: MemcachedServer, raw: Client
+) -> None:
+    """A chunked store used on its own (no secret) asks the server for the chunks' sizes
+    before it allocates: a manifest's claim alone costs nothing. Bound: peak < 32 MiB."""
+    store = ChunkedStore(MemcachedStore([memcached.address]))
+    assert store.set("k", [b"x" * (3 * MIB)], None)
+    for form, manifest in planted_manifests(3 << 30).items():
+        assert raw.set("k:k", manifest, noreply=False)
+        with resident_growth() as growth:
+            assert store.get("k") is NO_VALUE, form
+        assert growth.peak < 32 * MIB, f"{form}: {growth.peak / MIB:.0f} MiB"
+    store.close()

@@ -244,8 +244,9 @@ def test_chunk_of_the_wrong_length_is_a_miss(store: ChunkedStore, inner: DictSto
         (b"", "empty record"),
         (b"\x00old format", "not an nbcache record"),
         (b"\x80\x05\x95planted pickle", "not an nbcache record"),
-        (b"too short\x14", "malformed manifest"),
-        (bytes(36) + b"\x05\x00\x00\x00\x14", "malformed manifest"),
+        (b"too short\x15", "malformed manifest"),
+        (bytes(24) + b"\x05\x00\x00\x00" + bytes(17) + b"\x15", "malformed manifest"),
+        (b"\x14 a manifest of format 2", "not an nbcache record"),
     ],
 )
 def test_unknown_or_malformed_record_is_a_miss_with_a_warning(

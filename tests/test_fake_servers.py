@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from fake_servers import elapsed, fake_server
-from resident_memory import resident_growth
 
 from nbcache import MemcachedCache, cached_result
 from nbcache.exceptions import StoreFault
 from nbcache.stores.api import CasToken
 from nbcache.stores.memcached.store import DEFAULT_ITEM_SIZE_MAX, MemcachedStore
+from nbcache.testing import resident_growth
 
 SECRET = "fake-servers-secret-0123456789abcdef"
 TIMEOUT = 0.5

@@ -344,7 +344,7 @@ def test_configure_with_a_gae_url(gae_memcache: Any, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("NBCACHE_URL", "gae://")
     from_environment = nbcache.configure(None)
     assert isinstance(from_environment, GAEMemcachedCache)
-    assert from_environment.key_prefix == "nbcache"
+    assert from_environment.key_prefix.startswith("nbcache-")  # derived from the secret
 
 
 @pytest.mark.parametrize(

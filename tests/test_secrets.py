@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from call_log import Calls
 from memcached_server import MemcachedServer
 
-from nbcache import ConfigurationError, MemcachedCache
+from nbcache import ConfigurationError, MemcachedCache, cached_result
 from nbcache.entries.secrets import ENV_VAR, resolve_secrets, secret_path, user_secret
 
 SHARED = "a-team-secret-0123456789abcdef"
@@ -160,11 +161,14 @@ def test_two_caches_with_the_user_secret_share_entries(memcached: MemcachedServe
 
 
 @pytest.mark.memcached
-def test_caches_with_different_secrets_do_not_share_and_the_caller_recomputes(
+def test_caches_with_different_secrets_in_one_namespace_refuse_each_others_entries(
     memcached: MemcachedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    mine = MemcachedCache([memcached.address], secret="mine-0123456789abcdef")
-    theirs = MemcachedCache([memcached.address], secret="theirs-0123456789abcdef")
+    """With a key_prefix given to both, they meet: each refuses what the other signed."""
+    mine = MemcachedCache([memcached.address], key_prefix="team", secret="mine-0123456789abcdef")
+    theirs = MemcachedCache(
+        [memcached.address], key_prefix="team", secret="theirs-0123456789abcdef"
+    )
     assert theirs.set("answer", "their answer")
     caplog.set_level(logging.WARNING, logger="nbcache")
 
@@ -185,3 +189,42 @@ def test_caches_with_different_secrets_do_not_share_and_the_caller_recomputes(
     # The recomputed value replaced theirs; now it is a hit for me and a refusal for them.
     assert answer() == "the true answer" and computed == [1]
     assert theirs.get("answer") is None
+
+
+@pytest.mark.memcached
+def test_caches_with_different_secrets_never_see_or_clear_each_others_entries(
+    memcached: MemcachedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = MemcachedCache([memcached.address], secret="alice-0123456789abcdef")
+    bob = MemcachedCache([memcached.address], secret="bob-0123456789abcdefgh")
+    assert alice.key_prefix != bob.key_prefix
+    caplog.set_level(logging.WARNING, logger="nbcache")
+    for index in range(100):
+        assert alice.set(f"entry-{index}", index)
+    assert bob.clear()
+    assert alice.get_many(*(f"entry-{index}" for index in range(100))) == list(range(100))
+    assert bob.get("entry-1") is None
+
+    calls = Calls()
+
+    def shared(x: int) -> int:
+        calls.append(x)
+        return x + 1
+
+    as_alice, as_bob = cached_result(cache=alice)(shared), cached_result(cache=bob)(shared)
+    assert [(as_alice if turn % 2 else as_bob)(41) for turn in range(10)] == [42] * 10
+    assert len(calls) == 2  # once per secret, then hits
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_the_default_namespace_follows_the_signing_secret() -> None:
+    """Rotation (``new,old``) signs with the new secret, and so uses its namespace: results
+    are computed afresh once; kernels still on the old secret keep theirs."""
+    new, old = "new-secret-0123456789", "old-secret-0123456789"
+
+    def namespace(secret: object) -> str:
+        return MemcachedCache(["127.0.0.1:11211"], secret=secret).key_prefix  # type: ignore[arg-type]
+
+    assert namespace([new, old]) == namespace(new) != namespace(old)
+    assert namespace(new).startswith("nbcache-")
+    assert MemcachedCache(["127.0.0.1:11211"], key_prefix="team", secret=new).key_prefix == "team"

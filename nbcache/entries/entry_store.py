@@ -24,7 +24,7 @@ from nbcache.entries.code_identity import CodeFingerprint
 from nbcache.entries.envelope import Entry, Envelope
 from nbcache.exceptions import EntryRefused, StoreFault
 from nbcache.stores import settings
-from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, NoValue
+from nbcache.stores.api import NO_VALUE, BigValue, Buffer, ByteStore, NoValue, peek
 from nbcache.stores.tokens import create_or_read_token
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,11 @@ class EntryStore:
     def has(self, key: str) -> bool:
         """True if ``key`` holds a live, trusted entry (even one whose value is None)."""
         _check_key(key)
-        raw = self.call(self.store.get, NO_VALUE, key)
+        # A big value is not read: the store vouches for it whole (its chunks are there, and
+        # a chunked store with an authenticator checked who wrote it), and expires it itself.
+        raw, _ = self.call(peek, (NO_VALUE, None), self.store, key)
+        if isinstance(raw, BigValue):
+            return True
         return not isinstance(raw, NoValue) and self._live_header(key, raw, warn=True)
 
     # -- writes ---------------------------------------------------------------------------
@@ -146,10 +150,10 @@ class EntryStore:
             return True
         # Something is there; it may be an entry we must not trust or an expired one.
         for _ in range(_CAS_ATTEMPTS):
-            raw, token = self.call(self.store.gets, (NO_VALUE, None), key)
+            raw, token = self.call(peek, (NO_VALUE, None), self.store, key)
             if isinstance(raw, NoValue) or token is None:
                 return bool(self.call(self.store.add, False, key, frames, ttl))
-            if self._live_header(key, raw, warn=False):
+            if isinstance(raw, BigValue) or self._live_header(key, raw, warn=False):
                 return False
             if self.call(self.store.cas, False, key, frames, ttl, token):
                 return True

@@ -21,9 +21,13 @@ _CONTEXT = "nbcache 2026-11 cache entry MAC v1"
 
 
 class Signer:
-    """Signs with the first secret; verifies with any of them (rotation: new first, old after)."""
+    """Signs with the first secret; verifies with any of them (rotation: new first, old after).
 
-    def __init__(self, secrets: Sequence[bytes]) -> None:
+    ``purpose`` separates uses of one secret: signers for different purposes derive
+    different keys, so a MAC made for one is never valid for another.
+    """
+
+    def __init__(self, secrets: Sequence[bytes], purpose: str = "cache entry") -> None:
         import blake3
 
         if not secrets:
@@ -35,7 +39,8 @@ class Signer:
                     "`python -c 'import secrets; print(secrets.token_hex(32))'`"
                 )
         self._blake3 = blake3.blake3
-        self._keys = [blake3.blake3(s, derive_key_context=_CONTEXT).digest() for s in secrets]
+        context = _CONTEXT if purpose == "cache entry" else f"{_CONTEXT} for {purpose}"
+        self._keys = [blake3.blake3(s, derive_key_context=context).digest() for s in secrets]
         self._ids = [blake3.blake3(k).digest()[:KEY_ID_SIZE] for k in self._keys]
 
     @property
@@ -58,6 +63,17 @@ class Signer:
             if hmac.compare_digest(candidate_id, bytes(key_id)):
                 return hmac.compare_digest(self._mac(key, parts), bytes(mac))
         return False
+
+    def tag(self, parts: Sequence[Buffer]) -> bytes:
+        """The signing key's id and MAC of ``parts``, as one tag (an ``Authenticator``)."""
+        return self.key_id + self.sign(parts)
+
+    def check(self, parts: Sequence[Buffer], tag: Buffer) -> bool:
+        """True if ``tag`` (from :meth:`tag`) is valid for ``parts`` under any key."""
+        view = memoryview(tag)
+        if view.nbytes != KEY_ID_SIZE + MAC_SIZE:
+            return False
+        return self.verify(view[:KEY_ID_SIZE], parts, view[KEY_ID_SIZE:])
 
     def _mac(self, key: bytes, parts: Iterable[Buffer]) -> bytes:
         # AUTO threads: big parts are hashed on every core; small ones cost the same as one.

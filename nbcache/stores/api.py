@@ -8,7 +8,7 @@ keeps byte strings under string keys, and it reports a miss with :data:`NO_VALUE
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 #: A bytes-like object: what a store accepts as a piece of a value, and what it hands back.
 #: Stores must not keep a reference to a ``memoryview`` they were given past the call: its
@@ -43,6 +43,17 @@ class NoValue:
 
 #: Returned by stores (and by :meth:`nbcache.cache.Cache.get_entry`) on a miss.
 NO_VALUE: Final = NoValue()
+
+
+class BigValue(NamedTuple):
+    """A value a store holds but did not read (see :func:`peek`): its size and last bytes.
+
+    ``tail`` is at most a few dozen bytes (possibly none): enough for the layers above to
+    check the trailers they append (a namespace's generation) without moving the value.
+    """
+
+    size: int
+    tail: bytes
 
 
 class CasToken:
@@ -100,6 +111,37 @@ class ByteStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Authenticator(Protocol):
+    """Tags bytes so that only a holder of the same secret can make a tag that checks.
+
+    A store below the entries' own MAC uses it for its bookkeeping records (a chunked
+    value's manifest) so that a planted record is refused before it costs anything.
+    """
+
+    def tag(self, parts: Sequence[Buffer]) -> bytes:
+        """The tag of the concatenation of ``parts``."""
+        ...
+
+    def check(self, parts: Sequence[Buffer], tag: Buffer) -> bool:
+        """True if ``tag`` is a tag of the concatenation of ``parts``."""
+        ...
+
+
+def peek(store: ByteStore, key: str) -> tuple[Buffer | BigValue | NoValue, CasToken | None]:
+    """Like ``store.gets(key)``, but a big value is described, not read, if the store can.
+
+    A store that keeps big values apart (chunks) offers ``peek``: for such a value it returns
+    a :class:`BigValue` after checking, cheaply, that the value is there whole. Other stores
+    answer with ``gets``. Used to ask whether a value exists, or to replace it, without
+    moving gigabytes.
+    """
+    method = getattr(store, "peek", None)
+    if method is None:
+        return store.gets(key)
+    result: tuple[Buffer | BigValue | NoValue, CasToken | None] = method(key)
+    return result
 
 
 def join(value: Sequence[Buffer]) -> bytes:

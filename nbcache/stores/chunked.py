@@ -9,6 +9,10 @@ derived from (key, write id, index), so two writers never overwrite each other's
 chunks are written first and the manifest last, so a reader sees either the previous manifest
 (whose chunks are untouched) or the new one (whose chunks are all written).
 
+Anyone who can write to the inner store can plant a manifest claiming gigabytes; so a reader
+allocates a big value only for a manifest it can trust (one tagged by an authenticator with
+this store's secret), or after the inner store has shown the chunks are there.
+
 Whatever cannot be read is a miss, never an exception, never a mixed or corrupt value. A chunk
 that is missing (evicted, or its writer died) or has the wrong size is normal in memcached and
 logged at DEBUG. A record that is not an nbcache record, a malformed manifest, or a value whose
@@ -35,6 +39,8 @@ from nbcache.stores import buffers as aligned
 from nbcache.stores.api import (
     ITEM_OVERHEAD,
     NO_VALUE,
+    Authenticator,
+    BigValue,
     Buffer,
     ByteStore,
     CasToken,
@@ -45,8 +51,10 @@ from nbcache.stores.api import (
 from nbcache.stores.chunk_layout import (
     INLINE_V2,
     MANIFEST_HEADER,
+    TAIL_BYTES,
     WRITE_ID_BYTES,
     Manifest,
+    ManifestRecord,
     Unreadable,
     chunk_key,
     chunk_pieces,
@@ -54,6 +62,9 @@ from nbcache.stores.chunk_layout import (
     digest,
     encode_manifest,
     manifest_chunk_keys,
+    manifest_record,
+    parse_manifest,
+    signed_parts,
 )
 
 log = logging.getLogger(__name__)
@@ -81,6 +92,15 @@ class ChunkTransport(Protocol):
         ...
 
 
+@runtime_checkable
+class SizeProbe(Protocol):
+    """What an inner store may offer to tell the sizes of values without sending them."""
+
+    def value_sizes(self, keys: Sequence[str]) -> list[int | None]:
+        """Per key, the size of its value, or None if it holds none."""
+        ...
+
+
 def _mib(size: int | None) -> str:
     return "an unknown amount" if size is None else f"{size / 2**20:.1f} MiB"
 
@@ -101,6 +121,14 @@ class ChunkedStore:
     ``inner.max_item_size`` when ``inner`` has one, else 1 MiB. :data:`ITEM_OVERHEAD` bytes of
     it are left for the key and item header.
 
+    ``authenticator`` (a :class:`~nbcache.stores.api.Authenticator`, e.g. a
+    :class:`~nbcache.entries.signing.Signer` for this purpose) tags every manifest, bound to
+    its key; a manifest whose tag does not check is refused before it sizes anything.
+    Without one, manifests are trusted as far as the inner store's own word goes: a big
+    value's memory is allocated only once the inner store says its chunks are there, with
+    the sizes the manifest claims (asked without moving them when it offers
+    ``value_sizes``), so a planted manifest alone costs nothing.
+
     Faults of ``inner`` (:class:`~nbcache.exceptions.StoreFault`) propagate unchanged, except
     during best-effort cleanup of chunks nobody can read any more. Thread-safe if ``inner`` is.
 
@@ -112,11 +140,16 @@ class ChunkedStore:
     """
 
     def __init__(
-        self, inner: ByteStore, max_item_size: int | Callable[[], int] | None = None
+        self,
+        inner: ByteStore,
+        max_item_size: int | Callable[[], int] | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.inner = inner
         self._max_item_size = max_item_size
+        self.authenticator = authenticator
         self._transport = inner if isinstance(inner, ChunkTransport) else None
+        self._probe = inner if isinstance(inner, SizeProbe) else None
         # The smallest value seen not to stay (evicted while it was written): values at least
         # this big are refused without sending them.
         self._unkept_size: int | None = None
@@ -172,15 +205,68 @@ class ChunkedStore:
             return NO_VALUE, None
         return decoded, token
 
-    def _decode_record(self, key: str, record: Buffer | NoValue) -> Buffer | NoValue | Manifest:
-        """An inline value (a view into ``record``), a manifest to follow, or a miss."""
+    def peek(self, key: str) -> tuple[Buffer | BigValue | NoValue, CasToken | None]:
+        """Like :meth:`gets`, but a big value is described, not read.
+
+        A big value is a :class:`~nbcache.stores.api.BigValue` (its size and last bytes, from
+        its manifest) once every chunk is there with its size (asked without moving them
+        when the inner store can tell sizes); a miss otherwise.
+        """
+        record, token = self.inner.gets(key)
+        decoded = self._decode_record(key, record)
+        if isinstance(decoded, Manifest):
+            if not self._chunks_present(key, decoded):
+                return NO_VALUE, None
+            return BigValue(decoded.total, decoded.tail), token
+        if decoded is NO_VALUE:
+            return NO_VALUE, None
+        return decoded, token
+
+    def _decode_record(
+        self, key: str, record: Buffer | NoValue, *, warn: bool = True
+    ) -> Buffer | NoValue | Manifest:
+        """An inline value (a view into ``record``), a trusted manifest to follow, or a miss.
+
+        A record that is not one is logged as a warning, or at DEBUG when ``warn`` is false
+        (a read to clean up after: the value's own read warns)."""
         if isinstance(record, NoValue):
             return NO_VALUE
-        decoded = decode_record(memoryview(record))
+        found = decode_record(memoryview(record))
+        decoded = self._trusted_manifest(key, found) if isinstance(found, ManifestRecord) else found
         if isinstance(decoded, Unreadable):
-            log.warning("nbcache: refused the record under %r: %s", key, decoded.reason)
+            log.log(
+                logging.WARNING if warn else logging.DEBUG,
+                "nbcache: refused the record under %r: %s",
+                key,
+                decoded.reason,
+            )
             return NO_VALUE
         return decoded
+
+    def _trusted_manifest(self, key: str, record: ManifestRecord) -> Manifest | Unreadable:
+        """The manifest, if its tag shows this store's secret wrote it under ``key``.
+
+        Checked before the manifest is parsed: a planted one never sizes anything. Without an
+        authenticator, manifests are taken as the inner store gives them.
+        """
+        if self.authenticator is not None:
+            if not record.signed:
+                return Unreadable("an unsigned manifest where signed ones are required")
+            if not self.authenticator.check(signed_parts(key, record.body), record.tag):
+                return Unreadable("bad signature on its manifest (planted, or another secret)")
+        return parse_manifest(record.body)
+
+    def _chunks_present(self, key: str, manifest: Manifest) -> bool:
+        """True if every chunk ``manifest`` names is there with its size (not read, if the
+        inner store can tell sizes)."""
+        keys = manifest_chunk_keys(key, manifest)
+        if self._probe is not None:
+            return self._probe.value_sizes(keys) == list(manifest.sizes)
+        chunks = self.inner.get_many(keys)
+        return all(
+            not isinstance(chunk, NoValue) and memoryview(chunk).nbytes == size
+            for chunk, size in zip(chunks, manifest.sizes, strict=True)
+        )
 
     def _read_values(self, wanted: Sequence[tuple[str, Manifest]]) -> list[memoryview | NoValue]:
         """The big values the manifests name, all chunks in one call; a miss for each broken one."""
@@ -199,7 +285,26 @@ class ChunkedStore:
     def _receive(
         self, transport: ChunkTransport, wanted: Sequence[tuple[str, Manifest]]
     ) -> list[memoryview | NoValue]:
-        """Like :meth:`_read_values`, each value received into its final buffer (no copy)."""
+        """Like :meth:`_read_values`, each value received into its final buffer (no copy).
+
+        A manifest nobody authenticated must not size an allocation on its word alone: its
+        chunks' sizes are asked of the inner store first, so what is allocated is what the
+        store actually holds.
+        """
+        if self.authenticator is None and self._probe is not None:
+            present = [(key, m) for key, m in wanted if self._chunks_present(key, m)]
+            if len(present) < len(wanted):
+                log.debug("nbcache: %d chunked values miss chunks", len(wanted) - len(present))
+                values = self._receive_checked(transport, present)
+                by_key = dict(zip((key for key, _ in present), values, strict=True))
+                return [by_key.get(key, NO_VALUE) for key, _ in wanted]
+        return self._receive_checked(transport, wanted)
+
+    def _receive_checked(
+        self, transport: ChunkTransport, wanted: Sequence[tuple[str, Manifest]]
+    ) -> list[memoryview | NoValue]:
+        if not wanted:
+            return []
         buffers = [aligned.allocate(manifest.total) for _, manifest in wanted]
         chunk_keys: list[str] = []
         targets: list[memoryview] = []
@@ -233,10 +338,12 @@ class ChunkedStore:
     def _assemble(
         self, key: str, manifest: Manifest, chunks: Sequence[Buffer | NoValue]
     ) -> memoryview | NoValue:
-        """The whole value from its chunks, or a miss if any is missing, wrong or corrupt."""
-        value = aligned.allocate(manifest.total)
-        target = value  # assigning through a view: one memcpy per chunk, no temporary copy
-        offset = 0
+        """The whole value from its chunks, or a miss if any is missing, wrong or corrupt.
+
+        The chunks are checked before the value's memory is allocated: its size is then what
+        arrived, not only what the manifest says.
+        """
+        views: list[memoryview] = []
         for index, (size, chunk) in enumerate(zip(manifest.sizes, chunks, strict=True)):
             if isinstance(chunk, NoValue):
                 log.debug("nbcache: chunked value %r: chunk %d is missing", key, index)
@@ -247,8 +354,13 @@ class ChunkedStore:
                     "nbcache: chunked value %r: chunk %d has %d bytes", key, index, view.nbytes
                 )
                 return NO_VALUE
-            target[offset : offset + size] = view
-            offset += size
+            views.append(view)
+        value = aligned.allocate(manifest.total)
+        target = value  # assigning through a view: one memcpy per chunk, no temporary copy
+        offset = 0
+        for view in views:
+            target[offset : offset + view.nbytes] = view
+            offset += view.nbytes
         if digest([value]) != manifest.digest:
             _warn_digest_mismatch(key)
             return NO_VALUE
@@ -276,12 +388,12 @@ class ChunkedStore:
     def _set(self, key: str, value: Sequence[Buffer], ttl: float | None, chunk_size: int) -> bool:
         if total_size(value) <= chunk_size - len(INLINE_V2):
             return self.inner.set(key, [*value, INLINE_V2], ttl)
-        previous = self._decode_record(key, self.inner.get(key))
+        previous = self._decode_record(key, self.inner.get(key), warn=False)
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
             return False
         manifest, chunk_keys, manifest_ttl = written
-        if not self.inner.set(key, [manifest], manifest_ttl):
+        if not self.inner.set(key, manifest, manifest_ttl):
             self._delete_quietly(chunk_keys)
             return False
         if isinstance(previous, Manifest):
@@ -296,12 +408,14 @@ class ChunkedStore:
         if total_size(value) <= chunk_size - len(INLINE_V2):
             record: list[Buffer] = [*value, INLINE_V2]
             return self.inner.add(key, record, ttl) or self._replace_unreadable(key, record, ttl)
+        if self._readable(key)[0]:
+            return False  # decided before a chunk is sent
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
             return False
         manifest, chunk_keys, manifest_ttl = written
-        if self.inner.add(key, [manifest], manifest_ttl) or self._replace_unreadable(
-            key, [manifest], manifest_ttl
+        if self.inner.add(key, manifest, manifest_ttl) or self._replace_unreadable(
+            key, manifest, manifest_ttl
         ):
             return True
         self._delete_quietly(chunk_keys)
@@ -322,27 +436,35 @@ class ChunkedStore:
         if written is None:
             return False
         manifest, chunk_keys, manifest_ttl = written
-        if self.inner.cas(key, [manifest], manifest_ttl, token):
+        if self.inner.cas(key, manifest, manifest_ttl, token):
             return True
         self._delete_quietly(chunk_keys)
         return False
 
     def _replace_unreadable(self, key: str, record: Sequence[Buffer], ttl: float | None) -> bool:
         """After a failed add: store anyway if what ``key`` holds cannot be read as a value."""
-        current, token = self.inner.gets(key)
-        if current is NO_VALUE or token is None:
-            # It vanished between add and gets (expired, evicted): one more try.
+        readable, token = self._readable(key)
+        if readable:
+            return False
+        if token is None:
+            # Nothing there (it vanished between add and gets: expired, evicted): one more try.
             return self.inner.add(key, record, ttl)
+        return self.inner.cas(key, record, ttl, token)
+
+    def _readable(self, key: str) -> tuple[bool, CasToken | None]:
+        """Whether ``key`` holds a readable value (a big one is not read), and the record's
+        cas token (None if it holds nothing)."""
+        current, token = self.inner.gets(key)
+        if isinstance(current, NoValue) or token is None:
+            return False, None
         decoded = self._decode_record(key, current)
         if isinstance(decoded, Manifest):
-            decoded = self._read_values([(key, decoded)])[0]
-        if decoded is not NO_VALUE:
-            return False
-        return self.inner.cas(key, record, ttl, token)
+            return self._chunks_present(key, decoded), token
+        return decoded is not NO_VALUE, token
 
     def _write_chunks(
         self, key: str, value: Sequence[Buffer], ttl: float | None, chunk_size: int
-    ) -> tuple[bytes, list[str], float | None] | None:
+    ) -> tuple[list[bytes], list[str], float | None] | None:
         """Write the chunks of a new write; the manifest record, chunk keys and manifest ttl.
 
         None if ``inner`` refused a chunk, or if writing took so long that the first chunks
@@ -364,7 +486,11 @@ class ChunkedStore:
         if not self._send_chunks(key, items, chunk_ttl) or not self._stayed(key, size, keys[0]):
             self._delete_quietly(keys)
             return None
-        manifest = encode_manifest(write_id, sizes, digest(views))
+        body = encode_manifest(write_id, sizes, digest(views), _tail(views, TAIL_BYTES))
+        tag = None
+        if self.authenticator is not None:
+            tag = self.authenticator.tag(signed_parts(key, body))
+        manifest = manifest_record(body, tag)
         if ttl is None:
             return manifest, keys, None
         # The chunks' clock started before the manifest's: never let the manifest outlive them.
@@ -447,7 +573,7 @@ class ChunkedStore:
 
     def delete(self, key: str) -> bool:
         """Delete the value under ``key``; a big value's chunks are deleted best-effort after."""
-        decoded = self._decode_record(key, self.inner.get(key))
+        decoded = self._decode_record(key, self.inner.get(key), warn=False)
         deleted = self.inner.delete(key)
         if isinstance(decoded, Manifest):
             self._delete_quietly(manifest_chunk_keys(key, decoded))
@@ -458,3 +584,15 @@ class ChunkedStore:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _tail(views: Sequence[memoryview], size: int) -> bytes:
+    """The last ``size`` bytes (or fewer, if there are fewer) of the concatenated views."""
+    pieces: list[bytes] = []
+    for view in reversed(views):
+        if size <= 0:
+            break
+        piece = view[max(view.nbytes - size, 0) :]
+        pieces.append(piece.tobytes())
+        size -= piece.nbytes
+    return b"".join(reversed(pieces))

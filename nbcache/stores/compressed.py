@@ -32,11 +32,13 @@ from collections.abc import Sequence
 from nbcache.stores import buffers as aligned
 from nbcache.stores.api import (
     NO_VALUE,
+    BigValue,
     Buffer,
     ByteStore,
     CasToken,
     NoValue,
     byte_view,
+    peek,
     total_size,
 )
 
@@ -87,6 +89,20 @@ class CompressedStore:
         record, token = self.inner.gets(key)
         value = self._decode(key, record)
         return (NO_VALUE, None) if isinstance(value, NoValue) else (value, token)
+
+    def peek(self, key: str) -> tuple[Buffer | BigValue | NoValue, CasToken | None]:
+        """Like :meth:`gets`, but a big value is described, not read (nor decompressed)."""
+        record, token = peek(self.inner, key)
+        if not isinstance(record, BigValue):
+            value = self._decode(key, record)
+            return (NO_VALUE, None) if isinstance(value, NoValue) else (value, token)
+        tail = record.tail
+        if tail[-1:] == _RAW_V2:
+            return BigValue(record.size - 1, tail[:-1]), token
+        if tail[-1:] == _ZLIB_V2 and len(tail) >= 1 + _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(tail, len(tail) - 1 - _LENGTH.size)
+            return BigValue(size, b""), token
+        return NO_VALUE, None
 
     def _decode(self, key: str, record: Buffer | NoValue) -> Buffer | NoValue:
         if isinstance(record, NoValue):

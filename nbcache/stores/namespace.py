@@ -24,9 +24,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import cast
 
 from nbcache.exceptions import StoreFault
-from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, CasToken, NoValue, byte_view
+from nbcache.stores.api import (
+    NO_VALUE,
+    BigValue,
+    Buffer,
+    ByteStore,
+    CasToken,
+    NoValue,
+    byte_view,
+    peek,
+)
 from nbcache.stores.tokens import create_or_read_token
 
 GENERATION_BYTES = 8
@@ -77,7 +87,8 @@ class NamespacedStore:
         current = self._generation_read(generation)
         if current is None:
             return [NO_VALUE] * len(keys)
-        return [self._current_value(record, current) for record in records]
+        # Records read whole give values read whole.
+        return [cast(Buffer | NoValue, self._current_value(r, current)) for r in records]
 
     def _generation_read(self, raw: Buffer | NoValue) -> bytes | None:
         """The current generation, given what a read found under its key; None: none."""
@@ -104,16 +115,37 @@ class NamespacedStore:
         if current is None:
             return NO_VALUE, None
         record, token = self.inner.gets(self._prefix + key)
-        value = self._current_value(record, current)
+        value = cast(Buffer | NoValue, self._current_value(record, current))
         if isinstance(value, NoValue) or token is None:
             return NO_VALUE, None
         # The token remembers the generation, so cas writes under the one gets saw.
         return value, CasToken((current, token))
 
+    def peek(self, key: str) -> tuple[Buffer | BigValue | NoValue, CasToken | None]:
+        """Like :meth:`gets`, but a big value is described, not read (see
+        :func:`~nbcache.stores.api.peek`); its generation is read from its tail."""
+        try:
+            current = self._token(self.inner.get(self.generation_key))
+        except StoreFault:
+            current = self._last_seen
+        if current is None:
+            return NO_VALUE, None
+        record, token = peek(self.inner, self._prefix + key)
+        value = self._current_value(record, current)
+        if isinstance(value, NoValue) or token is None:
+            return NO_VALUE, None
+        return value, CasToken((current, token))
+
     @staticmethod
-    def _current_value(record: Buffer | NoValue, generation: bytes) -> Buffer | NoValue:
+    def _current_value(
+        record: Buffer | BigValue | NoValue, generation: bytes
+    ) -> Buffer | BigValue | NoValue:
         if isinstance(record, NoValue):
             return NO_VALUE
+        if isinstance(record, BigValue):
+            if len(record.tail) < GENERATION_BYTES or record.tail[-GENERATION_BYTES:] != generation:
+                return NO_VALUE
+            return BigValue(record.size - GENERATION_BYTES, record.tail[:-GENERATION_BYTES])
         view = byte_view(record)
         end = view.nbytes - GENERATION_BYTES
         if end < 0 or view[end:] != generation:
@@ -151,7 +183,7 @@ class NamespacedStore:
         record: list[Buffer] = [*value, generation]
         if self.inner.add(inner_key, record, ttl):
             return True
-        existing, token = self.inner.gets(inner_key)
+        existing, token = peek(self.inner, inner_key)
         if isinstance(existing, NoValue) or token is None:
             # Gone between add and gets (expired, deleted): one more try.
             return self.inner.add(inner_key, record, ttl)
@@ -180,10 +212,10 @@ class NamespacedStore:
     def delete(self, key: str) -> bool:
         """Delete ``key``; True only if it held a current-generation value."""
         inner_key = self._prefix + key
-        generation, record = self.inner.get_many([self.generation_key, inner_key])
+        record, _ = peek(self.inner, inner_key)  # a big value is not read
         if isinstance(record, NoValue):
             return False
-        current = self._generation_read(generation)
+        current = self._generation_read(self.inner.get(self.generation_key))
         live = current is not None and not isinstance(self._current_value(record, current), NoValue)
         # A stale entry is deleted too: it only takes room.
         deleted = self.inner.delete(inner_key)

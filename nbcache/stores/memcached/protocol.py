@@ -150,6 +150,30 @@ def get_values(sock: socket.socket, names: Sequence[bytes]) -> dict[bytes, bytes
     return values
 
 
+def value_sizes(sock: socket.socket, names: Sequence[bytes]) -> list[int | None]:
+    """The size of each name's value (None: it has none), without the values.
+
+    Asked with memcached's meta command ``mg <key> s`` (memcached 1.6 or later), pipelined
+    :data:`SEND_WINDOW` at a time. Raises on replies out of protocol.
+    """
+    reader = _ReplyReader(sock)
+    sizes: list[int | None] = []
+    for start in range(0, len(names), SEND_WINDOW):
+        batch = names[start : start + SEND_WINDOW]
+        sock.sendall(b"".join([b"mg %s s\r\n" % name for name in batch]))
+        for _ in batch:
+            line = reader.line()
+            if line == b"EN":
+                sizes.append(None)
+            elif line.startswith(b"HD s") and line[4:].isdigit() and len(line) < 16:
+                sizes.append(int(line[4:]))
+            else:
+                _raise_error_reply(line)
+    if reader.buffered:
+        _out_of_protocol("bytes after the replies to mg")
+    return sizes
+
+
 def delete(sock: socket.socket, name: bytes) -> bool:
     """``delete`` ``name``: True if it was there. Raises on any reply but ``DELETED`` or
     ``NOT_FOUND`` (pymemcache reads anything else as False, leaving the connection out of

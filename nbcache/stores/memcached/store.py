@@ -64,6 +64,8 @@ MAX_RELATIVE_EXPIRY: Final = 30 * 24 * 3600
 DEFAULT_ITEM_SIZE_MAX: Final = 1024 * 1024
 #: Bytes a reply may take besides values: one status line, or a value's line and CRLF.
 REPLY_LINE: Final = 1024
+#: Bytes the reply to one ``mg <key> s`` may take (``HD s1073741824``).
+SIZE_REPLY: Final = 32
 #: Bytes a ``stats settings`` reply may take (memcached 1.6 sends about 4 KiB).
 STATS_REPLY: Final = 64 * 1024
 
@@ -411,6 +413,32 @@ class MemcachedStore:
             for position, ok in zip(positions, server_found, strict=True):
                 found[position] = ok
         return found
+
+    def value_sizes(self, keys: Sequence[str]) -> list[int | None]:
+        """Per key, the size of its value, or None if it has none; the values are not sent.
+
+        One pipelined round trip per server (memcached 1.6's meta commands). Raises
+        :class:`StoreFault` if a server failed.
+        """
+        by_server: dict[ServerConnection, tuple[list[bytes], list[int]]] = {}
+        for index, key in enumerate(keys):
+            mapped = self._map(key)
+            names, positions = by_server.setdefault(self._server(mapped), ([], []))
+            names.append(mapped.encode("ascii"))
+            positions.append(index)
+        sizes: list[int | None] = [None] * len(keys)
+        for server, (names, positions) in by_server.items():
+
+            def ask(client: Client, names: list[bytes] = names) -> list[int | None]:
+                return protocol.value_sizes(protocol.connected_socket(client), names)
+
+            try:
+                found = server.run(ask, 0.0, len(names) * SIZE_REPLY + REPLY_LINE)
+            except Refused as error:
+                raise StoreFault(str(error)) from error
+            for position, size in zip(positions, found, strict=True):
+                sizes[position] = size
+        return sizes
 
     def delete(self, key: str) -> bool:
         mapped = self._map(key)
