@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import logging
 import mmap
@@ -22,6 +24,45 @@ log = logging.getLogger(__name__)
 #: Values from this size on are kept in a memory file and read as copy-on-write mappings.
 MAPPED_SIZE = aligned.MAPPED
 _CAN_MAP_FILES = hasattr(os, "memfd_create") and hasattr(mmap, "MAP_PRIVATE")
+#: The most memory files this process keeps open, whatever its descriptor limit: each holds
+#: a descriptor, and the user's own files, sockets and imports need theirs.
+MAX_MEMORY_FILES = 256
+
+
+def _memory_file_budget() -> int:
+    """Memory files this process may keep open: a quarter of its descriptor limit, at most
+    :data:`MAX_MEMORY_FILES`. Past it, big values are kept as plain memory (read by copy)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 0
+    if soft == resource.RLIM_INFINITY:
+        return MAX_MEMORY_FILES
+    return max(0, min(MAX_MEMORY_FILES, soft // 4))
+
+
+class _Descriptors:
+    """Counts the memory files open in this process against their budget. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.open = 0
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.open >= _memory_file_budget():
+                return False
+            self.open += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
+_descriptors = _Descriptors()
 
 
 class MemoryFile:
@@ -30,16 +71,25 @@ class MemoryFile:
     :meth:`view` maps it private and writable: the pages are the file's until the caller
     writes to one, which then gets a private copy of that page. So a reader gets its own
     writable value for the cost of a mapping, not of a copy, and can never change the file.
-    A mapping stays valid after :meth:`close`.
+    A mapping stays valid after :meth:`close`. Each open memory file holds a descriptor;
+    the process keeps only a bounded number open (see :data:`MAX_MEMORY_FILES`).
     """
 
     __slots__ = ("fd", "size")
 
     def __init__(self, value: Sequence[Buffer], size: int) -> None:
-        """Write ``value`` (``size`` bytes) into a new memory file; ``OSError`` if impossible."""
-        flags = os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 0)
-        self.fd = os.memfd_create("nbcache-value", flags)
+        """Write ``value`` (``size`` bytes) into a new memory file; ``OSError`` if impossible
+        (the budget of memory files is spent, say)."""
+        self.fd = -1
         self.size = size
+        if not _descriptors.take():
+            raise OSError(errno.EMFILE, "the budget of memory files is spent")
+        flags = os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 0)
+        try:
+            self.fd = os.memfd_create("nbcache-value", flags)
+        except BaseException:
+            _descriptors.give_back()
+            raise
         try:
             for part in value:
                 view = byte_view(part)
@@ -64,12 +114,15 @@ class MemoryFile:
 
     def close(self) -> None:
         """Release the file (idempotent); the memory goes once no mapping is left."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+            _descriptors.give_back()
 
     def __del__(self) -> None:
-        self.close()
+        if self.fd >= 0:
+            with contextlib.suppress(Exception):  # at interpreter exit the module may be gone
+                self.close()
 
 
 def _map_private(fd: int, size: int) -> memoryview:
@@ -154,7 +207,9 @@ class MemoryStore:
     a copy for a small value; for one of :data:`MAPPED_SIZE` or more (on Linux) a
     copy-on-write mapping of the :class:`MemoryFile` it is kept in, so a hit costs a mapping,
     not a copy, and the caller's writes never reach the store. Such a value holds one file
-    descriptor while stored.
+    descriptor while stored, within a per-process budget (a quarter of the descriptor limit,
+    at most :data:`MAX_MEMORY_FILES`); past it, big values are kept as plain memory and each
+    hit copies them.
     """
 
     def __init__(self, threshold: int = 500, max_bytes: int | None = None) -> None:
