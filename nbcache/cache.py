@@ -27,7 +27,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TIMEOUT", "Cache", "GAEMemcachedCache", "MemcachedCache", "SimpleCache"]
+__all__ = [
+    "CLOCK_TOLERANCE",
+    "DEFAULT_TIMEOUT",
+    "Cache",
+    "GAEMemcachedCache",
+    "MemcachedCache",
+    "SimpleCache",
+]
+
+#: Seconds a kernel's clock may run ahead of another's on a shared cache and still hit its
+#: entries. The server expires entries by its own clock; this only bounds how long after its
+#: signed expiry an entry replayed into the server is still accepted.
+CLOCK_TOLERANCE = 600.0
 
 
 class Cache:
@@ -36,6 +48,10 @@ class Cache:
     ``timeout`` everywhere: None means ``default_timeout``; 0 means never expires; a negative
     number means already expired (nothing live is stored). Values come back as the caller's own
     copy: changing a returned object never changes the cache.
+
+    ``clock_tolerance``: seconds a reader's clock may run ahead of a writer's (see
+    :class:`~nbcache.entries.entry_store.EntryStore`); shared caches use
+    :data:`CLOCK_TOLERANCE`.
     """
 
     def __init__(
@@ -44,8 +60,9 @@ class Cache:
         envelope: Envelope | None = None,
         default_timeout: float = DEFAULT_TIMEOUT,
         name: str = "cache",
+        clock_tolerance: float = 0.0,
     ) -> None:
-        self.entries = EntryStore(store, envelope, default_timeout, name)
+        self.entries = EntryStore(store, envelope, default_timeout, name, clock_tolerance)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -229,6 +246,7 @@ class MemcachedCache(Cache):
             envelope,
             default_timeout=default_timeout,
             name="memcached",
+            clock_tolerance=CLOCK_TOLERANCE,
         )
 
     def __repr__(self) -> str:
@@ -269,7 +287,11 @@ class GAEMemcachedCache(Cache):
             GAEMemcacheStore(deadline=timeout), key_prefix, secret, "App Engine memcache"
         )
         super().__init__(
-            store, envelope, default_timeout=default_timeout, name="App Engine memcache"
+            store,
+            envelope,
+            default_timeout=default_timeout,
+            name="App Engine memcache",
+            clock_tolerance=CLOCK_TOLERANCE,
         )
 
     def __repr__(self) -> str:

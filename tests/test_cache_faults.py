@@ -19,6 +19,7 @@ import pytest
 from memcached_server import MemcachedServer
 
 from nbcache import MemcachedCache
+from nbcache.cache import CLOCK_TOLERANCE
 from nbcache.stores.memcached.store import MemcachedStore
 
 pytestmark = pytest.mark.memcached
@@ -381,3 +382,21 @@ def test_a_forked_child_and_its_parent_never_share_a_connection(
     assert results == [(n, "value") for n in range(1, FORKED_ROUNDS + 1)]
     assert cache.inc("child", 0) == FORKED_ROUNDS
     assert warnings_of(caplog) == []
+
+
+@pytest.mark.parametrize("ahead", [301.0, 3600.0 * 24 * 31])
+def test_a_reader_whose_clock_is_ahead_still_hits_entries_the_server_keeps(
+    server: MemcachedServer, monkeypatch: pytest.MonkeyPatch, ahead: float
+) -> None:
+    """A 300 s entry read by a kernel whose clock is 301 s ahead is a hit: the server
+    expires entries by its own clock. Only an entry long past its signed expiry (as one
+    replayed into the server would be) is refused."""
+    writer, reader = make_cache(server), make_cache(server)
+    assert writer.set("result", {"rows": 3}, timeout=300)
+    assert writer.set("forever", "kept", timeout=0)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + ahead)
+    within_tolerance = ahead - 300 < CLOCK_TOLERANCE
+    assert (reader.get("result") == {"rows": 3}) is within_tolerance
+    assert reader.has("result") is within_tolerance
+    assert reader.get("forever") == "kept"

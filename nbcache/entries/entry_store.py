@@ -36,7 +36,13 @@ _TOKEN_DIGITS = frozenset(b"0123456789abcdef")
 
 
 class EntryStore:
-    """Python values in signed, versioned envelopes under string keys of a byte store."""
+    """Python values in signed, versioned envelopes under string keys of a byte store.
+
+    ``clock_tolerance``: seconds a reader's clock may run ahead of the writer's. An entry
+    expires in the store by the store's clock; the expiry signed into it (the writer's
+    clock) is checked only this long after it passed, so a reader whose clock is ahead
+    still hits, while an old entry replayed into the store is refused.
+    """
 
     def __init__(
         self,
@@ -44,11 +50,13 @@ class EntryStore:
         envelope: Envelope | None = None,
         default_timeout: float = DEFAULT_TIMEOUT,
         name: str = "cache",
+        clock_tolerance: float = 0.0,
     ) -> None:
         self.store = store
         self.envelope = envelope or Envelope()
         self.default_timeout = default_timeout
         self.name = name
+        self.clock_tolerance = settings.expiry_seconds("clock_tolerance", clock_tolerance)
 
     @property
     def default_timeout(self) -> float:
@@ -178,7 +186,8 @@ class EntryStore:
                     return None
                 else:
                     new, expires = entry.value + delta, entry.expires
-                ttl = None if expires is None else max(expires - time.time(), 0.001)
+                # (At least a second: a reader whose clock is ahead sees little time left.)
+                ttl = None if expires is None else max(expires - time.time(), 1.0)
                 frames = self.envelope.seal(key, new, expires)
                 if token is None:
                     stored = self.store.add(key, frames, ttl)
@@ -260,7 +269,7 @@ class EntryStore:
         except EntryRefused as refusal:
             _warn_refused(key, refusal)
             return NO_VALUE
-        if _expired(entry.expires):
+        if self._expired(entry.expires):
             return NO_VALUE
         return entry
 
@@ -271,7 +280,10 @@ class EntryStore:
             if warn:
                 _warn_refused(key, refusal)
             return False
-        return not _expired(header.expires)
+        return not self._expired(header.expires)
+
+    def _expired(self, expires: float | None) -> bool:
+        return expires is not None and expires + self.clock_tolerance <= time.time()
 
     def call(self, method: Callable[..., _T], on_fault: Any, *args: Any) -> _T:
         """``method(*args)``, or ``on_fault`` if the store fails (never an exception)."""
@@ -325,10 +337,6 @@ def _token_raw(raw: Buffer | NoValue) -> bytes | None:
 
 def _expires(ttl: float | None) -> float | None:
     return None if ttl is None else time.time() + ttl
-
-
-def _expired(expires: float | None) -> bool:
-    return expires is not None and expires <= time.time()
 
 
 def _warn_refused(key: str, refusal: EntryRefused) -> None:
