@@ -348,3 +348,53 @@ def test_keys_are_equal_across_processes_and_hash_seeds() -> None:
         )
         keys.add(result.stdout.strip())
     assert len(keys) == 1 and next(iter(keys)).startswith("nbcache.fn/1:__main__:f:")
+
+
+def run_with_deadline(call: Callable[[], Any], seconds: float = 20.0) -> list[Any]:
+    """``call()`` in a daemon thread: its result, or [] if it did not return in time."""
+    results: list[Any] = []
+    worker = threading.Thread(target=lambda: results.append(call()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return results
+
+
+def test_a_function_calling_itself_under_its_own_key_returns_with_one_warning(
+    cache: nbcache.Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``depth`` is left out of the key, so each level has the key of the first: the inner
+    calls must not wait for the outer one to finish (it never would)."""
+    calls = Calls()
+
+    @cached_result(cache=cache, ignore=("depth",))
+    def walk(path: str, depth: int = 0) -> str:
+        calls.append(depth)
+        return walk(path, depth + 1) if depth < 2 else path
+
+    caplog.set_level(logging.WARNING, logger="nbcache")
+    assert run_with_deadline(lambda: walk("/data")) == ["/data"]
+    assert calls == [0, 1, 2]
+    assert run_with_deadline(lambda: walk("/data")) == ["/data"]
+    assert calls == [0, 1, 2]  # the outer call's result was cached
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "walk() called itself" in warnings[0], warnings
+
+
+def test_a_coroutine_awaiting_itself_under_its_own_key_returns_with_one_warning(
+    cache: nbcache.Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = Calls()
+
+    @cached_result(cache=cache, ignore=("depth",))
+    async def walk(path: str, depth: int = 0) -> str:
+        calls.append(depth)
+        await asyncio.sleep(0)
+        return await walk(path, depth + 1) if depth < 2 else path
+
+    caplog.set_level(logging.WARNING, logger="nbcache")
+    assert run_with_deadline(lambda: asyncio.run(walk("/data"))) == ["/data"]
+    assert calls == [0, 1, 2]
+    assert run_with_deadline(lambda: asyncio.run(walk("/data"))) == ["/data"]
+    assert calls == [0, 1, 2]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "walk() called itself" in warnings[0], warnings

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 from nbcache.cache import Cache
@@ -41,6 +42,10 @@ from nbcache.stores import settings
 from nbcache.stores.api import NO_VALUE, NoValue
 
 log = logging.getLogger(__name__)
+
+#: The lease keys this thread (or asyncio task) is computing now. A call that finds its own
+#: key here is the computation calling itself: waiting for the result would wait on itself.
+_computing: ContextVar[frozenset[str]] = ContextVar("nbcache_computing", default=frozenset())
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -195,7 +200,7 @@ class CachedFunction:
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = self._key_or_none(args, kwargs)
-        if call is None:
+        if call is None or self._computing_already(call):
             return self.func(*args, **kwargs)
         cache = self.cache()
         found: _Hit | _Computed | NoValue = self._read(cache, call)
@@ -212,7 +217,7 @@ class CachedFunction:
 
     async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = self._key_or_none(args, kwargs)
-        if call is None:
+        if call is None or self._computing_already(call):
             return await self.func(*args, **kwargs)
         cache = self.cache()
         found: _Hit | _Computed | NoValue = self._read(cache, call)
@@ -220,8 +225,12 @@ class CachedFunction:
             self._log_miss(cache, call)
 
             async def compute() -> _Computed:
-                started = time.perf_counter()
-                value = await self.func(*args, **kwargs)
+                marked = _computing.set(_computing.get() | {self.keys.lease_key(call.key)})
+                try:
+                    started = time.perf_counter()
+                    value = await self.func(*args, **kwargs)
+                finally:
+                    _computing.reset(marked)
                 self._store(cache, call, value, time.perf_counter() - started)
                 return _Computed(value)
 
@@ -348,11 +357,28 @@ class CachedFunction:
             return NO_VALUE
         return _Hit(entry.value, entry.duration)
 
+    def _computing_already(self, call: CallKey) -> bool:
+        """True (after one warning) if this thread or task is computing ``call`` already: the
+        function calls itself with arguments of the same key (some of them ignored, say)."""
+        if self.keys.lease_key(call.key) not in _computing.get():
+            return False
+        self._warn_once(
+            ("recursion",),
+            "nbcache: %s() called itself with arguments of the same key while computing it; "
+            "the inner call runs uncached",
+            self.name,
+        )
+        return True
+
     def _compute(
         self, cache: Cache, call: CallKey, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> _Computed:
-        started = time.perf_counter()
-        value = self.func(*args, **kwargs)
+        marked = _computing.set(_computing.get() | {self.keys.lease_key(call.key)})
+        try:
+            started = time.perf_counter()
+            value = self.func(*args, **kwargs)
+        finally:
+            _computing.reset(marked)
         self._store(cache, call, value, time.perf_counter() - started)
         return _Computed(value)
 
