@@ -7,6 +7,7 @@ echoed in a message.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any
@@ -166,3 +167,18 @@ def test_a_secret_variable_without_usable_secrets_names_the_variable_not_the_sec
         MemcachedCache(["127.0.0.1:11211"])
     assert "short" not in str(raised.value)
     assert "long-enough" not in str(raised.value)
+
+
+def test_inc_never_raises_when_the_store_cannot_take_its_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An item limit with no room for a value (a server started with a tiny ``-I``) is a
+    fault like any other: None and a warning, never an exception into the caller."""
+    from nbcache.stores.chunked import ChunkedStore
+    from nbcache.stores.memory import MemoryStore
+
+    cache = Cache(ChunkedStore(MemoryStore(), max_item_size=520), name="tiny")
+    caplog.set_level(logging.DEBUG, logger="nbcache")
+    assert cache.inc("n") is None
+    assert cache.set("k", 1) is False
+    assert cache.get("k") is None
