@@ -17,7 +17,7 @@ from pymemcache.client.base import Client
 
 from nbcache import MemcachedCache
 
-pytestmark = pytest.mark.memcached
+pytestmark = [pytest.mark.memcached, pytest.mark.slow]  # 64 MiB values
 
 SECRET = "big-entry-checks-secret-0123456789"
 MIB = 1024 * 1024

@@ -323,6 +323,7 @@ def test_clear_while_a_server_is_paused_keeps_its_old_entries_dead(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("idle", [True, False], ids=["idle across the restart", "outage noticed"])
 def test_a_server_restarted_with_a_smaller_item_limit_is_used_at_its_new_limit(
     memcached_factory: Callable[..., MemcachedServer], idle: bool
@@ -350,6 +351,7 @@ def test_a_server_restarted_with_a_smaller_item_limit_is_used_at_its_new_limit(
 FORKED_ROUNDS = 400
 
 
+@pytest.mark.slow
 def test_a_forked_child_and_its_parent_never_share_a_connection(
     server: MemcachedServer, caplog: pytest.LogCaptureFixture
 ) -> None:

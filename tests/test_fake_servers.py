@@ -21,6 +21,8 @@ from nbcache.stores.api import CasToken
 from nbcache.stores.memcached.store import DEFAULT_ITEM_SIZE_MAX, MemcachedStore
 from nbcache.testing import resident_growth
 
+pytestmark = pytest.mark.slow  # each test waits out a timeout
+
 SECRET = "fake-servers-secret-0123456789abcdef"
 TIMEOUT = 0.5
 SLACK = 1.5  # seconds of scheduling noise allowed on top of the bound

@@ -141,6 +141,7 @@ print(len(os.listdir("/proc/self/fd")))
 """
 
 
+@pytest.mark.slow
 def test_many_big_values_leave_the_process_its_file_descriptors() -> None:
     """400 values of 1.1 MB under a limit of 256 descriptors (the same ratio as 1,500 under
     1,024): the user's files, sockets and imports keep working, every value reads back, and

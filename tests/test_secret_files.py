@@ -69,6 +69,7 @@ def assert_ran_uncached_with_one_warning(result: subprocess.CompletedProcess[str
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_an_unwritable_home_turns_caching_off_and_the_call_runs(
     memcached: MemcachedServer, tmp_path: Path
 ) -> None:
@@ -80,6 +81,7 @@ def test_an_unwritable_home_turns_caching_off_and_the_call_runs(
     assert list(home.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_file_as_config_directory_turns_caching_off_and_the_call_runs(
     memcached: MemcachedServer, tmp_path: Path
 ) -> None:
@@ -87,6 +89,7 @@ def test_a_file_as_config_directory_turns_caching_off_and_the_call_runs(
     assert_ran_uncached_with_one_warning(result)
 
 
+@pytest.mark.slow
 def test_a_fifo_at_the_secret_path_does_not_hang(
     memcached: MemcachedServer, tmp_path: Path
 ) -> None:
@@ -99,6 +102,7 @@ def test_a_fifo_at_the_secret_path_does_not_hang(
     assert_ran_uncached_with_one_warning(result)
 
 
+@pytest.mark.slow
 def test_a_relative_config_home_never_puts_the_secret_in_the_working_directory(
     memcached: MemcachedServer, tmp_path: Path
 ) -> None:
