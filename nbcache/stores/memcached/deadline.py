@@ -26,6 +26,11 @@ from typing import Any
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheUnknownError
 
+#: Seconds by which an operation may end before or after its deadline. Re-arming the
+#: socket's timeout is a system call, so it is skipped while the timeout already set is
+#: within this of the time left: a small hit arms the socket at most once.
+DEADLINE_SLACK = 0.05
+
 
 class ReplyTooLong(MemcacheUnknownError):  # type: ignore[misc]
     """The server sent more than the operation's reply can hold: out of protocol."""
@@ -39,12 +44,13 @@ class DeadlineSocket:
     :class:`ReplyTooLong`. Everything else is the wrapped socket's (``wrapped``).
     """
 
-    __slots__ = ("budget", "deadline", "wrapped")
+    __slots__ = ("_armed", "budget", "deadline", "wrapped")
 
     def __init__(self, wrapped: socket.socket) -> None:
         self.wrapped = wrapped
         self.deadline = math.inf
         self.budget: float = math.inf
+        self._armed: float | None = wrapped.gettimeout()
 
     def _count(self, received: int) -> None:
         self.budget -= received
@@ -55,8 +61,11 @@ class DeadlineSocket:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("timed out (the operation's deadline passed)")
-        if left < math.inf:
+        armed = self._armed
+        # Re-arm unless the timeout set is within the slack of the time left.
+        if left < math.inf and (armed is None or abs(armed - left) > DEADLINE_SLACK):
             self.wrapped.settimeout(left)
+            self._armed = left
 
     def recv(self, size: int) -> bytes:
         self._arm()
@@ -82,6 +91,10 @@ class DeadlineSocket:
     def sendmsg(self, buffers: Any) -> int:
         self._arm()
         return self.wrapped.sendmsg(buffers)
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.wrapped.settimeout(seconds)
+        self._armed = seconds
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
