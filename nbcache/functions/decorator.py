@@ -437,9 +437,7 @@ class CachedFunction:
     def _meta(self, call: CallKey, generation: str) -> dict[str, Any]:
         func = self.func
         own = (
-            value_digest(
-                (code_token(func.__code__, func.__doc__), func.__defaults__, func.__kwdefaults__)
-            )
+            value_digest((code_token(func.__code__), func.__defaults__, func.__kwdefaults__))
             if hasattr(func, "__code__")
             else call.code
         )

@@ -2,11 +2,13 @@
 
 A function's fingerprint covers
 
-* its code objects: bytecode, constants (nested code objects too), names, argument layout and
-  flags, but not line numbers, file names or its docstring, so comments, blank lines and
-  formatting do not change it, and the same function defined in two kernels (different cell
-  numbers, ``<ipython-input-..>`` or ``/tmp/ipykernel_../..py`` file names) fingerprints the
-  same;
+* its code objects: what their instructions do (:mod:`nbcache.keys.bytecode`: the control
+  flow in a canonical form, constants by value, nested code objects too), names, argument
+  layout and flags, but not line numbers, the compiler's block layout, file names or the
+  docstring, so comments, blank lines and formatting do not change it on any Python version
+  (3.12+ lays out the same code differently when only its lines differ), and the same
+  function defined in two kernels (different cell numbers, ``<ipython-input-..>`` or
+  ``/tmp/ipykernel_../..py`` file names) fingerprints the same;
 * its defaults, keyword defaults and closure cell values, by
   :func:`nbcache.keys.digest.value_digest`;
 * the functions and classes it reaches that are defined in the notebook or in the user's own
@@ -27,9 +29,11 @@ from __future__ import annotations
 import sys
 import threading
 import types
+import weakref
 from typing import Any
 
 from nbcache.exceptions import UnhashableValue
+from nbcache.keys.bytecode import control_flow
 from nbcache.keys.code_walk import MISSING, Kind, Link, is_user_code, node_links, see_through, walk
 from nbcache.keys.digest import TokenWriter, register_handler, use_class_fingerprint, value_digest
 from nbcache.keys.provenance import display_name, library_identity
@@ -41,12 +45,18 @@ __all__ = [
     "function_fingerprint_parts",
 ]
 
-_FINGERPRINT_VERSION = "nbcache.keys.fingerprint/2"
+_FINGERPRINT_VERSION = "nbcache.keys.fingerprint/3"
 
 # co_flags bits that say how the code runs (generator, varargs...). Higher bits record the
 # __future__ imports in force when it was compiled, which IPython carries from cell to cell;
 # their effect is already in the bytecode.
 _RUNTIME_CODE_FLAGS = 0xFFFF
+
+# code_token per code object. Equal code objects (equal in every field, line table included)
+# have equal tokens; the entries go with their code objects.
+_code_tokens: weakref.WeakKeyDictionary[types.CodeType, tuple[object, ...]] = (
+    weakref.WeakKeyDictionary()
+)
 
 # Functions and classes being fingerprinted by this thread: met again, they are a cycle.
 _in_progress = threading.local()
@@ -114,29 +124,30 @@ def function_fingerprint_parts(func: Any) -> dict[str, str]:
     return parts
 
 
-def code_token(code: types.CodeType, docstring: object = None) -> tuple[object, ...]:
-    """What a code object does, as a digestible tuple, without positions or file names.
+def code_token(code: types.CodeType) -> tuple[object, ...]:
+    """What a code object does, as a digestible tuple, on every Python version.
 
-    ``docstring``: the function's ``__doc__``; when it is the first constant it is left out.
-    Nested code objects stay code objects in the tuple and digest through this function.
+    Its control flow in canonical form (:mod:`nbcache.keys.bytecode`: no line numbers,
+    positions, file names, block layout or docstring), with constants by digest, nested code
+    objects through this function, and the names, argument layout and flags the
+    instructions refer to. Remembered per code object: code objects never change.
     """
-    consts = code.co_consts
-    if docstring is not None and consts and consts[0] == docstring:
-        consts = (None, *consts[1:])
-    return (
-        code.co_name,
-        code.co_argcount,
-        code.co_posonlyargcount,
-        code.co_kwonlyargcount,
-        code.co_flags & _RUNTIME_CODE_FLAGS,
-        code.co_code,
-        consts,
-        code.co_names,
-        code.co_varnames,
-        code.co_freevars,
-        code.co_cellvars,
-        getattr(code, "co_exceptiontable", b""),
-    )
+    token = _code_tokens.get(code)
+    if token is None:
+        token = (
+            code.co_name,
+            code.co_argcount,
+            code.co_posonlyargcount,
+            code.co_kwonlyargcount,
+            code.co_flags & _RUNTIME_CODE_FLAGS,
+            code.co_names,
+            code.co_varnames,
+            code.co_freevars,
+            code.co_cellvars,
+            control_flow(code, value_digest),
+        )
+        _code_tokens[code] = token
+    return token
 
 
 class _guard:
@@ -171,7 +182,7 @@ def _node_token(node: Any) -> tuple[object, ...]:
     return (
         _FINGERPRINT_VERSION,
         sys.implementation.cache_tag,
-        code_token(node.__code__, node.__doc__),
+        code_token(node.__code__),
         links,
     )
 
