@@ -8,6 +8,8 @@ it when loaded.
 
 from __future__ import annotations
 
+import collections
+import datetime
 import logging
 import os
 import re
@@ -197,31 +199,76 @@ def test_unsigned_entry_is_refused_by_a_signing_reader(
     assert marker.is_dir()
 
 
-@pytest.mark.parametrize("skew", ["python", "cloudpickle"])
+def another_minor() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1] + 1}"
+
+
+@pytest.mark.parametrize("skew", ["python major", "python minor with code", "cloudpickle"])
 def test_version_skew_is_refused_before_loading(
     skew: str, signed: Envelope, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The entry is correctly signed; only its header's versions differ from this process."""
     marker = tmp_path / "marker"
+    # a lambda is code pickled by value: only its writer's Python minor version may load it
+    payload = (MakesMarker(marker), lambda x: x + 1)
     with monkeypatch.context() as writer:
-        if skew == "python":
-            other = f"{sys.version_info[0]}.{sys.version_info[1] + 1}"
+        if skew == "python major":
+            other = f"{sys.version_info[0] + 1}.0"
             writer.setattr("nbcache.entries.envelope.PYTHON", other)
-            reason = f"written by Python {other}"
+            reason = f"written by Python {other}, this is Python"
+        elif skew == "python minor with code":
+            other = another_minor()
+            writer.setattr("nbcache.entries.envelope.PYTHON", other)
+            reason = f"written by Python {other} and holds code pickled by value"
         else:
             major = int(serializer.cloudpickle_version().split(".")[0])
             other = f"{major + 1}.0.0"
             writer.setattr(serializer, "cloudpickle_version", lambda: other)
             reason = f"written by cloudpickle {other}"
-        entry = entry_bytes(signed, "key", MakesMarker(marker))
+        entry = entry_bytes(signed, "key", payload)
     with pytest.raises(EntryRefused, match=re.escape(reason)):
         signed.open("key", entry)
     assert not marker.exists()
 
     # Control: with matching versions the very same payload runs when loaded.
-    matching = entry_bytes(signed, "key", MakesMarker(marker))
-    signed.open("key", matching)
+    matching = entry_bytes(signed, "key", payload)
+    assert signed.open("key", matching).value[1](1) == 2
     assert marker.is_dir()
+
+
+def test_plain_data_written_by_another_python_minor_version_loads(
+    signed: Envelope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Numbers, text, containers, arrays and importable classes do not depend on bytecode."""
+    value = {
+        "array": np.arange(100_000, dtype=np.float64),
+        "rows": [(1, "a"), (2, "b")],
+        "when": datetime.datetime(2024, 5, 1, 12, 30),
+        "kind": collections.OrderedDict,
+        "join": os.path.join,
+    }
+    with monkeypatch.context() as writer:
+        writer.setattr("nbcache.entries.envelope.PYTHON", another_minor())
+        entry = entry_bytes(signed, "key", value)
+    header, _ = signed.open_header("key", entry)
+    assert header.python == another_minor() and not header.code_by_value
+    loaded = signed.open("key", entry).value
+    np.testing.assert_array_equal(loaded["array"], value["array"])
+    assert {k: v for k, v in loaded.items() if k != "array"} == {
+        k: v for k, v in value.items() if k != "array"
+    }
+
+
+def test_the_code_by_value_flag_is_signed(signed: Envelope) -> None:
+    """Clearing the flag to pass code off as data breaks the signature."""
+    entry = bytearray(entry_bytes(signed, "key", lambda: 1))
+    header, _ = signed.open_header("key", bytes(entry))
+    assert header.code_by_value
+    flags_at = entry.index(header.pack()) + 4  # serializer, major, minor, MAC kind, flags
+    assert entry[flags_at] == 1
+    entry[flags_at] = 0
+    with pytest.raises(EntryRefused, match="bad signature"):
+        signed.open("key", bytes(entry))
 
 
 def test_same_cloudpickle_major_with_another_minor_is_accepted(

@@ -1,6 +1,8 @@
 """The key of a ``%%cache`` cell, and what a run of it may change besides its own names.
 
-A cell's key is its label, its normalised code and a digest of each input it reads:
+A cell's key is its label, its normalised code, the Python version (the same code can compute
+differently under another one, and code fingerprints differ between versions) and a digest of
+each input it reads:
 
 * functions and classes by code fingerprint, and by the values of the global data their code
   reads (changing a global a helper uses changes the key);
@@ -18,6 +20,7 @@ their digests before the run, and the namespaces whose names a helper may rebind
 
 from __future__ import annotations
 
+import sys
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,8 +103,9 @@ def watch_digest(value: object) -> str:
 
 
 def cell_key(name: str, code: CellCode, input_digests: dict[str, str]) -> str:
-    """The cache key of a cell: its label, normalised code and input digests (a pure function)."""
-    recipe = (KEY_VERSION, name, code.normalized, sorted(input_digests.items()))
+    """The cache key of a cell: its label, normalised code, Python version and input digests."""
+    python = sys.implementation.cache_tag
+    recipe = (KEY_VERSION, python, name, code.normalized, sorted(input_digests.items()))
     return "cell:" + value_digest(recipe)
 
 

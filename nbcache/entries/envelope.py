@@ -12,13 +12,19 @@ frames' sizes, not the padding; the reader recomputes the padding from the same 
 MAC covers the padding like every other byte after it.
 
 The header (binary: it is read on every hit, so it costs well under a microsecond to parse)
-says who wrote the entry (serializer, Python major.minor, cloudpickle version), when, how long
-the computation took, when it expires, the sizes of the payload frames, a short tag and free
-JSON metadata (parsed only when asked for). The MAC covers the namespace, the cache key, the
-header and the payload, so an entry copied under another key, truncated or altered in any bit
-is refused. Refusal comes before anything is unpickled: first the framing, then the MAC, then
-the versions (a cloudpickled lambda from another Python minor version can crash this one
-outright), and only then the pickle.
+says who wrote the entry (serializer, Python major.minor, cloudpickle version), whether the
+pickle holds code pickled by value, when, how long the computation took, when it expires,
+the sizes of the payload frames, a short tag and free JSON metadata (parsed only when asked
+for). The MAC covers the namespace, the cache key, the header and the payload, so an entry
+copied under another key, truncated or altered in any bit is refused. Refusal comes before
+anything is unpickled: first the framing, then the MAC, then the versions, and only then the
+pickle.
+
+Plain data (numbers, text, containers, arrays, frames, instances of importable classes)
+loads under any Python 3 minor version, so a team on two Python versions shares it. An entry
+holding code pickled by value (a notebook function, a lambda, a notebook class: see
+:mod:`nbcache.entries.by_value`) is refused by every other minor version than its writer's:
+bytecode from another version can crash the interpreter outright.
 
 An unsigned envelope (key id and MAC absent, MAC kind "none" in the header) serves the
 in-process store, which nothing outside the process can write; a reader that has a signer
@@ -49,14 +55,15 @@ from nbcache.stores.api import Buffer, byte_view
 log = logging.getLogger(__name__)
 
 MAGIC = b"NBC"
-#: 3: out-of-band buffers padded to 64-byte offsets.
-FORMAT = 3
+#: 3: out-of-band buffers padded to 64-byte offsets. 4: header flags (code by value).
+FORMAT = 4
 _PREAMBLE = len(MAGIC) + 1 + 4
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
-# serializer id, Python major, minor, MAC kind, created, expires, duration (NaN: none),
+# serializer id, Python major, minor, MAC kind, flags, created, expires, duration (NaN: none),
 # frame count, cloudpickle version length, tag length, meta length
-_FIXED = struct.Struct("<BBBBdddIHHI")
+_FIXED = struct.Struct("<BBBBBdddIHHI")
+_CODE_BY_VALUE = 1  # flag: the pickle holds code pickled by value
 _SERIALIZERS = {serializer.NAME: 1}
 _SERIALIZER_NAMES = {number: name for name, number in _SERIALIZERS.items()}
 _MAC_KINDS = {"none": 0, "blake3": 1}
@@ -78,6 +85,7 @@ class Header(NamedTuple):
     sizes: list[int]
     tag: str = ""
     meta_json: bytes = b""
+    code_by_value: bool = False
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -91,6 +99,7 @@ class Header(NamedTuple):
             _SERIALIZERS[self.serializer],
             *(int(part) for part in self.python.split(".")),
             _MAC_KINDS[self.mac],
+            _CODE_BY_VALUE if self.code_by_value else 0,
             self.created,
             _NONE if self.expires is None else self.expires,
             _NONE if self.duration is None else self.duration,
@@ -106,7 +115,7 @@ class Header(NamedTuple):
     def unpack(cls, raw: Buffer) -> Header:
         """Parse header bytes; :class:`EntryRefused` if they are not a well-formed header."""
         try:
-            (kind, major, minor, mac, created, expires, duration, count, version_size,
+            (kind, major, minor, mac, flags, created, expires, duration, count, version_size,
              tag_size, meta_size) = _FIXED.unpack_from(raw)  # fmt: skip
             offset = _FIXED.size + 8 * count
             sizes = list(struct.unpack_from(f"<{count}Q", raw, _FIXED.size)) if count else []
@@ -125,6 +134,7 @@ class Header(NamedTuple):
                 sizes,
                 text[version_size : version_size + tag_size].decode("utf-8", "surrogatepass"),
                 text[version_size + tag_size :],
+                bool(flags & _CODE_BY_VALUE),
             )
         except (struct.error, UnicodeDecodeError, MemoryError, OverflowError) as exc:
             raise EntryRefused(f"malformed header ({exc})") from exc
@@ -206,6 +216,7 @@ class Envelope:
             meta_json=json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()
             if meta
             else b"",
+            code_by_value=frames.code_by_value,
         ).pack()
         preamble = MAGIC + bytes([FORMAT]) + len(header_bytes).to_bytes(4, "little") + header_bytes
         if self.signer is not None:
@@ -326,7 +337,14 @@ def _check_writer(header: Header, signed: bool) -> None:
     if header.serializer != serializer.NAME:
         raise EntryRefused(f"written with serializer {header.serializer!r}")
     if header.python != PYTHON:
-        raise EntryRefused(f"written by Python {header.python}, this is Python {PYTHON}")
+        if header.python.partition(".")[0] != PYTHON.partition(".")[0]:
+            raise EntryRefused(f"written by Python {header.python}, this is Python {PYTHON}")
+        if header.code_by_value:
+            raise EntryRefused(
+                f"written by Python {header.python} and holds code pickled by value (a "
+                f"notebook function, lambda or class), which only Python {header.python} "
+                f"can load; this is Python {PYTHON}"
+            )
     if header.cloudpickle.split(".")[0] != serializer.cloudpickle_version().split(".")[0]:
         raise EntryRefused(
             f"written by cloudpickle {header.cloudpickle}, "

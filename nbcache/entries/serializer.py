@@ -8,6 +8,9 @@ Classes and functions defined in a notebook are pickled by value: loaded in anot
 cloudpickle rebuilds copies of them. Given a *code fingerprint* function, :func:`dumps` records
 the identity of each and :func:`loads` gives back the loading process's own object where it
 is the same code (:mod:`nbcache.entries.code_identity`).
+
+Serializing also notes whether the value holds code pickled by value (see
+:mod:`nbcache.entries.by_value`): only such entries are tied to the writer's Python version.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nbcache.entries.by_value import is_code_by_value
 from nbcache.entries.code_identity import (
     CodeFingerprint,
     load_with,
@@ -33,10 +38,15 @@ NAME = "cloudpickle"
 
 @dataclass(frozen=True)
 class Frames:
-    """A serialized value: the pickle stream and its out-of-band buffers, in order."""
+    """A serialized value: the pickle stream and its out-of-band buffers, in order.
+
+    ``code_by_value``: the stream holds code pickled by value (a notebook function, a lambda,
+    a notebook class), which only the same Python minor version can load.
+    """
 
     head: bytes
     buffers: tuple[memoryview, ...]
+    code_by_value: bool = False
 
     @property
     def sizes(self) -> list[int]:
@@ -75,7 +85,7 @@ def dumps(
         except BufferError:
             # A non-contiguous buffer: a copy is the only way to make it one run of bytes.
             views.append(memoryview(bytes(memoryview(buffer))))
-    return Frames(head, tuple(views))
+    return Frames(head, tuple(views), pickler.code_by_value)
 
 
 def loads(
@@ -102,29 +112,38 @@ def _pickler(
     buffer_callback: Callable[[pickle.PickleBuffer], None],
     code_fingerprint: CodeFingerprint | None,
 ) -> Any:
-    """cloudpickle's pickler, recording the identity of code pickled by value if asked to."""
-    import cloudpickle
-
-    if code_fingerprint is None:
-        return cloudpickle.Pickler(stream, protocol=5, buffer_callback=buffer_callback)
-    pickler = _identity_pickler_class()(stream, protocol=5, buffer_callback=buffer_callback)
+    """cloudpickle's pickler, noting code pickled by value, and recording its identity if
+    given a fingerprint function."""
+    pickler = _pickler_class()(stream, protocol=5, buffer_callback=buffer_callback)
     pickler.code_fingerprint = code_fingerprint
     return pickler
 
 
 @functools.cache
-def _identity_pickler_class() -> type:
-    """A cloudpickle pickler whose by-value classes and functions carry their identity (made on
-    first use: importing cloudpickle is not cheap)."""
+def _pickler_class() -> type:
+    """The pickler class (made on first use: importing cloudpickle is not cheap)."""
     import cloudpickle
 
-    class IdentityPickler(cloudpickle.Pickler):  # type: ignore[misc]
-        code_fingerprint: CodeFingerprint
+    reduce = cloudpickle.Pickler.reducer_override
+
+    class NbcachePickler(cloudpickle.Pickler):  # type: ignore[misc]
+        code_fingerprint: CodeFingerprint | None = None
+        code_by_value = False
 
         def reducer_override(self, obj: Any) -> Any:
-            return with_identity(obj, super().reducer_override(obj), self.code_fingerprint)
+            reduction = reduce(self, obj)
+            # Called for nearly every object pickled: the common case (data that cloudpickle
+            # leaves to pickle) is decided here without a call (a fifth of the pickling time
+            # of a list of small objects).
+            if reduction is NotImplemented and type(obj) is not types.CodeType:
+                return reduction
+            if is_code_by_value(obj, reduction):
+                self.code_by_value = True
+            if self.code_fingerprint is not None:
+                return with_identity(obj, reduction, self.code_fingerprint)
+            return reduction
 
-    return IdentityPickler
+    return NbcachePickler
 
 
 def _type_name(value: Any) -> str:
