@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -53,6 +54,12 @@ count_run()
 total = sum(data)
 print('total is', total)
 {'total': total, 'count': len(data)}"""
+
+
+def test_kernels_run_the_python_under_test(start_kernel: Callable[[], Kernel]) -> None:
+    """Run under another interpreter (scripts/test-matrix.sh), the kernels run that one too."""
+    shown = start_kernel().run_ok("import sys\nprint(sys.executable, sys.version_info[:3])")
+    assert shown.stdout == f"{sys.executable} {tuple(sys.version_info[:3])}\n"
 
 
 def test_a_cell_computed_in_one_kernel_is_restored_in_another(
