@@ -65,6 +65,103 @@ def test_comments_formatting_and_docstrings_do_not_change_it() -> None:
     assert function_fingerprint(original) == function_fingerprint(cell(reformatted)["total"])
 
 
+# The same code written two ways. Each pair once changed a fingerprint on some Python: the
+# compiler lays code out by its lines there (3.12+: a condition on its own line inverts a jump
+# and duplicates the loop's back jump; 3.13: two loads fuse only on one line, as do two
+# stores; 3.10: a `pass` on its own line keeps a NOP; 3.10-3.13: a wrapped `case` pattern).
+SAME_CODE = {
+    "comprehension condition on its own line": (
+        "def f(rows):\n    return [r.strip() for r in rows if r]\n",
+        "def f(rows):\n    return [r.strip()\n            for r in rows\n            if r]\n",
+    ),
+    "generator condition on its own line": (
+        "def f(xs):\n    yield from (x for x in xs if x)\n",
+        "def f(xs):\n    yield from (x\n                for x in xs\n                if x)\n",
+    ),
+    "operands on two lines": (
+        "def f(a, b):\n    return a + b\n",
+        "def f(a, b):\n    return (a\n            + b)\n",
+    ),
+    "two statements on one line": (
+        "def f(t):\n    a, b = t\n    c = a; d = b\n    return c, d\n",
+        "def f(t):\n    a, b = t\n    c = a\n    d = b\n    return c, d\n",
+    ),
+    "a swap written over two lines": (
+        "def f(a, b):\n    a, b = b, a\n    return a - b\n",
+        "def f(a, b):\n    a, b = (b,\n            a)\n    return a - b\n",
+    ),
+    "with statement over several lines": (
+        "def f(path):\n    with open(path) as fh: return fh.read()\n",
+        "def f(path):\n    with open(\n        path\n    ) as fh:\n        return fh.read()\n",
+    ),
+    "pass on its own line": (
+        "def f(x):\n    if x: pass\n    return x\n",
+        "def f(x):\n    if x:\n        pass\n    return x\n",
+    ),
+    "case pattern over two lines": (
+        "def f(p):\n    match p:\n        case (x, y): return x + y\n        case _: return 0\n",
+        "def f(p):\n    match p:\n        case (x,\n              y):\n            return x + y\n"
+        "        case _:\n            return 0\n",
+    ),
+    "a docstring": (
+        "def f(a):\n    return a, None\n",
+        'def f(a):\n    """Docs."""\n    return a, None\n',
+    ),
+}
+
+
+@pytest.mark.parametrize("pair", SAME_CODE.values(), ids=SAME_CODE.keys())
+def test_the_same_code_laid_out_differently_fingerprints_the_same(pair: tuple[str, str]) -> None:
+    first, second = (cell(source)["f"] for source in pair)
+    assert first.__code__.co_linetable != second.__code__.co_linetable
+    assert function_fingerprint(first) == function_fingerprint(second)
+
+
+# Code that does something else, though its instructions look alike.
+OTHER_CODE = {
+    "operands swapped": ("return a - b", "return b - a"),
+    "comparison": ("return a < b", "return a <= b"),
+    "branches swapped": (
+        "if a:\n        return 1\n    return 2",
+        "if a:\n        return 2\n    return 1",
+    ),
+    "a statement once or twice in a loop": (
+        "for x in a:\n        b.append(x)",
+        "for x in a:\n        b.append(x)\n        b.append(x)",
+    ),
+    "a loop or a branch": (
+        "while a:\n        a = b(a)\n    return a",
+        "if a:\n        a = b(a)\n    return a",
+    ),
+    "break or continue": (
+        "for x in a:\n        if x:\n            break\n        b(x)",
+        "for x in a:\n        if x:\n            continue\n        b(x)",
+    ),
+    "a call inside or outside a try": (
+        "try:\n        y = a()\n    except ValueError:\n        return 0\n    return b(y)",
+        "try:\n        y = a()\n        return b(y)\n    except ValueError:\n        return 0",
+    ),
+    "which exception is caught": (
+        "try:\n        return a()\n    except ValueError:\n        return 0",
+        "try:\n        return a()\n    except TypeError:\n        return 0",
+    ),
+    "an int or a float constant": ("return a + 1", "return a + 1.0"),
+    "an int or a bool constant": ("return a == 1", "return a == True"),
+    "zero or minus zero": ("return a + 0.0", "return a + -0.0"),
+    "text or bytes": ("return a == 'x'", "return a == b'x'"),
+    "a nested function's body": (
+        "return sorted(a, key=lambda x: x + 1)",
+        "return sorted(a, key=lambda x: x + 2)",
+    ),
+}
+
+
+@pytest.mark.parametrize("pair", OTHER_CODE.values(), ids=OTHER_CODE.keys())
+def test_code_that_does_something_else_fingerprints_differently(pair: tuple[str, str]) -> None:
+    first, second = (cell(f"def f(a, b=None):\n    {body}\n")["f"] for body in pair)
+    assert function_fingerprint(first) != function_fingerprint(second)
+
+
 def test_same_source_under_two_kernels_file_names_gives_the_same_fingerprint() -> None:
     first = cell(PIPELINE, "<ipython-input-3-5f2e>")["total"]
     second = cell("\n\n\n" + PIPELINE, "/tmp/ipykernel_123/456.py")["total"]
