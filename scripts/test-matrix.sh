@@ -29,7 +29,7 @@ SUPPORTED="3.10 3.11 3.12 3.13 3.14"
 # row: minor version and library set
 ROWS="3.10:newest 3.10:oldest 3.11:newest 3.12:newest 3.12:oldest 3.13:newest 3.14:newest"
 OLDEST_CONSTRAINTS=("pandas==2.2.*" "numpy==1.26.*")
-ROW_TIMEOUT=${NBCACHE_MATRIX_ROW_TIMEOUT:-1800} # seconds: a hung row fails instead of hanging CI
+ROW_TIMEOUT=${NBCACHE_MATRIX_ROW_TIMEOUT:-900} # seconds: a hung row fails instead of hanging CI
 HOME_DIR=${NBCACHE_MATRIX_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/nbcache-test-matrix}
 
 newest_only=0

@@ -30,7 +30,7 @@ from typing import NamedTuple
 __all__ = ["control_flow"]
 
 # Operations that only say where to go next, or nothing at all.
-_PASS_THROUGH = frozenset({"NOP", "EXTENDED_ARG", "CACHE"})
+_PASS_THROUGH = frozenset({"NOP", "NOT_TAKEN", "EXTENDED_ARG", "CACHE"})  # NOT_TAKEN: 3.14
 _UNCONDITIONAL_JUMPS = frozenset(
     {
         "JUMP_FORWARD",
