@@ -26,7 +26,7 @@ from memcached_server import MemcachedServer
 
 from nbcache import MemcachedCache
 from nbcache.cells.analysis import analyze_cell
-from nbcache.cells.run import cell_key
+from nbcache.cells.key import cell_key
 from nbcache.functions.decorator import cached_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ import json, logging, sys, textwrap
 import numpy as np
 from nbcache import MemcachedCache
 from nbcache.cells.analysis import analyze_cell
-from nbcache.cells.run import cell_key
+from nbcache.cells.key import cell_key
 from nbcache.functions.decorator import cached_result
 
 warnings = []
