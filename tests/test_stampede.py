@@ -16,7 +16,8 @@ import pytest
 from nbcache import MemcachedCache, SimpleCache
 from nbcache.functions.decorator import cached_result
 from nbcache.functions.stampede import compute_once, lease_record
-from nbcache.stores.api import NO_VALUE
+from nbcache.stores.api import NO_VALUE, NoValue
+from nbcache.stores.memory import MemoryStore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,6 +111,33 @@ def test_a_live_holder_keeps_the_others_waiting_for_many_lease_periods(
     assert [caller.returncode for caller in callers] == [0] * 3
     assert outputs == ["49"] * 3
     assert len(computations(log)) == 1
+
+
+@pytest.mark.parametrize("release", ["tombstone", "expired"])
+def test_a_holder_finishing_between_a_miss_and_the_claim_is_not_computed_again(
+    release: str,
+) -> None:
+    """The other holder stores its result and gives its lease up just after this caller's
+    read missed: the caller takes the free lease, and must find the result, not recompute."""
+    store = MemoryStore()
+    stored: dict[str, int] = {}
+
+    def read() -> int | NoValue:
+        if "value" in stored:
+            return stored["value"]
+        stored["value"] = 49  # what the other holder does right after this read
+        if release == "tombstone":
+            store.set("lease", [b"released"], 2.0)
+        return NO_VALUE
+
+    computed: list[int] = []
+
+    def compute() -> int:
+        computed.append(1)
+        return 49
+
+    assert compute_once(store, "lease", 30.0, read, compute) == 49
+    assert computed == []
 
 
 def test_threads_of_one_process_compute_once() -> None:

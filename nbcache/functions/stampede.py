@@ -18,8 +18,10 @@ moved for longer than ``lease`` seconds by the waiter's own monotonic clock. It 
 itself, unprotected, after one warning naming the key.
 
 Waiters poll the entry with a backoff from 5 ms up to 0.5 s, and try to take the lease on
-each poll. A holder whose computation raises releases the lease without storing anything;
-the next waiter then computes itself (and sees the exception itself if it happens again).
+each poll. A caller that takes the lease reads the entry once more before computing: the holder
+before it may have stored its result and let the lease go between its miss and its claim. A
+holder whose computation raises releases the lease without storing anything; the next waiter
+then computes itself (and sees the exception itself if it happens again).
 
 Within one process, threads missing the same key also queue on a per-key lock, so only one
 of them polls the store. Coroutines do not take that lock (it would block the event loop);
@@ -294,7 +296,8 @@ def compute_once(
             claimed = _settle(_claim(store, lease_key, lease), watch, store)
             if claimed is not None:
                 try:
-                    return compute()
+                    found = read()  # the last holder may have stored and let go since
+                    return found if not isinstance(found, NoValue) else compute()
                 finally:
                     claimed.release()
             time.sleep(delay)
@@ -318,7 +321,8 @@ async def compute_once_async(
         claimed = _settle(_claim(store, lease_key, lease), watch, store)
         if claimed is not None:
             try:
-                return await compute()
+                found = read()  # the last holder may have stored and let go since
+                return found if not isinstance(found, NoValue) else await compute()
             finally:
                 claimed.release()
         await asyncio.sleep(delay)
