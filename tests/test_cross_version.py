@@ -29,6 +29,8 @@ from nbcache.cells.analysis import analyze_cell
 from nbcache.cells.key import cell_key
 from nbcache.functions.decorator import cached_result
 
+pytestmark = [pytest.mark.memcached, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "a-team-secret-0123456789abcdef"
 THIS_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -85,6 +87,12 @@ def python_version(python: str) -> tuple[str, str]:
     return version, numpy_version
 
 
+@pytest.fixture
+def partner() -> str:
+    """The other interpreter (before any server starts: without one, the test skips)."""
+    return partner_python()
+
+
 @functools.cache
 def partner_python() -> str:
     """An interpreter of another minor version than this one, with the same numpy major
@@ -108,11 +116,11 @@ def partner_python() -> str:
     )
 
 
-def run_partner(server: MemcachedServer, *arguments: str) -> dict[str, Any]:
+def run_partner(partner: str, server: MemcachedServer, *arguments: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("NBCACHE_SECRET", None)
     result = subprocess.run(
-        [partner_python(), "-c", PARTNER, server.address, SECRET, *arguments],
+        [partner, "-c", PARTNER, server.address, SECRET, *arguments],
         capture_output=True,
         text=True,
         env=env,
@@ -125,9 +133,9 @@ def run_partner(server: MemcachedServer, *arguments: str) -> dict[str, Any]:
 
 
 def test_plain_data_crosses_python_versions_and_code_by_value_is_refused_with_its_reason(
-    memcached: MemcachedServer, caplog: pytest.LogCaptureFixture
+    partner: str, memcached: MemcachedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    written = run_partner(memcached, "write", FUNCTION)
+    written = run_partner(partner, memcached, "write", FUNCTION)
     assert written["stored"] == [True, True]
     other = written["python"]
     cache = MemcachedCache(memcached.address, secret=SECRET)
@@ -144,7 +152,7 @@ def test_plain_data_crosses_python_versions_and_code_by_value_is_refused_with_it
     # and the other way round: this Python writes, the other one reads
     assert cache.set("plain", {"array": np.arange(12.0).reshape(3, 4), "rows": [(3, "ü")]})
     assert cache.set("lambda", {"scale": lambda x: 3 * x})
-    read = run_partner(memcached, "read")
+    read = run_partner(partner, memcached, "read")
     assert read["plain"] == {"array": np.arange(12.0).reshape(3, 4).tolist(), "rows": [[3, "ü"]]}
     assert read["lambda"] == "None"
     assert any(
@@ -154,10 +162,10 @@ def test_plain_data_crosses_python_versions_and_code_by_value_is_refused_with_it
 
 
 def test_cached_functions_and_cells_do_not_hit_across_python_versions(
-    memcached: MemcachedServer,
+    partner: str, memcached: MemcachedServer
 ) -> None:
     """Their keys name the Python version: the same source may compute differently."""
-    written = run_partner(memcached, "write", FUNCTION)
+    written = run_partner(partner, memcached, "write", FUNCTION)
     cache = MemcachedCache(memcached.address, secret=SECRET)
     namespace: dict[str, Any] = {"__name__": "__main__"}
     exec(textwrap.dedent(FUNCTION), namespace)
