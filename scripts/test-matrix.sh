@@ -10,7 +10,8 @@
 # The venvs hold the test dependencies only (nbcache itself runs from this tree through
 # PYTHONPATH) and live outside the repository, in $NBCACHE_MATRIX_HOME (default
 # ~/.cache/nbcache-test-matrix): one per interpreter, library set and dependency list of
-# pyproject.toml, reused while those stay the same. pip installs them from its local cache
+# pyproject.toml, reused while those stay the same (one unused for three days is removed when
+# another of its interpreter and library set is used). pip installs them from its local cache
 # when it can.
 #
 # The cross-version tests (tests/test_cross_version.py) run here: each row is given the other
@@ -113,9 +114,14 @@ prepare_venv() {
                 tail -n 30 "$venv/install.log" >&2
                 exit 1
             fi
-            touch "$venv/complete"
         fi
+        touch "$venv/complete" # when it was last used
     ) 9>"$venv.lock" || return 1
+    # venvs of this interpreter and library set for other dependency lists, unused for 3 days
+    find "$HOME_DIR" -maxdepth 2 -path "$HOME_DIR/$version-$libraries-*/complete" -mtime +3 |
+        while read -r stale; do
+            rm -rf "$(dirname "$stale")" "$(dirname "$stale").lock"
+        done
     echo "$venv"
 }
 
