@@ -5,7 +5,7 @@
 # Interpreters: for each supported minor version, pyenv's newest patch release
 # ($PYENV_ROOT/versions/3.X.Y), else python3.X on PATH. Each runs with the newest libraries it
 # supports (pandas 3 where there is one for it, else pandas 2; numpy 2); 3.10 and 3.12 also run
-# with the oldest supported ones (pandas 2.2, numpy 1.26).
+# with the oldest supported ones (pandas 2.2, numpy 1.26, pyarrow 15).
 #
 # The venvs hold the test dependencies only (nbcache itself runs from this tree through
 # PYTHONPATH) and live outside the repository, in $NBCACHE_MATRIX_HOME (default
@@ -29,7 +29,7 @@ REPO=$PWD
 SUPPORTED="3.10 3.11 3.12 3.13 3.14"
 # row: minor version and library set
 ROWS="3.10:newest 3.10:oldest 3.11:newest 3.12:newest 3.12:oldest 3.13:newest 3.14:newest"
-OLDEST_CONSTRAINTS=("pandas==2.2.*" "numpy==1.26.*")
+OLDEST_CONSTRAINTS=("pandas==2.2.*" "numpy==1.26.*" "pyarrow==15.*")
 ROW_TIMEOUT=${NBCACHE_MATRIX_ROW_TIMEOUT:-900} # seconds: a hung row fails instead of hanging CI
 # Unix time by which every row must have ended (CI's limit): a row that would run past it is cut
 # short, and rows not started by then fail as "not run", so the table is printed in time.

@@ -23,12 +23,29 @@ SAMPLES = [
 ]
 
 
-def python_strings(values: list[str | None]) -> pd.Series:
-    return pd.Series(pd.array(values, dtype=pd.StringDtype("python", na_value=np.nan)))
+# pandas 2.3 added text dtypes whose missing value is NaN (pandas 3's default `str`); the
+# pd.NA ones exist in every supported pandas. Both semantics are checked where they exist.
+NAN_TEXT_DTYPES = tuple(int(part) for part in pd.__version__.split(".")[:2]) >= (2, 3)
 
 
-def arrow_strings(values: list[str | None]) -> pd.Series:
-    return pd.Series(pd.array(values, dtype=pd.StringDtype("pyarrow", na_value=np.nan)))
+def text_dtype(storage: str, missing_as_nan: bool) -> pd.StringDtype:
+    if missing_as_nan:
+        return pd.StringDtype(storage, na_value=np.nan)
+    return pd.StringDtype(storage)
+
+
+def python_strings(values: list[str | None], missing_as_nan: bool = NAN_TEXT_DTYPES) -> pd.Series:
+    return pd.Series(pd.array(values, dtype=text_dtype("python", missing_as_nan)))
+
+
+def arrow_strings(values: list[str | None], missing_as_nan: bool = NAN_TEXT_DTYPES) -> pd.Series:
+    return pd.Series(pd.array(values, dtype=text_dtype("pyarrow", missing_as_nan)))
+
+
+def test_missing_text_alike_in_python_and_arrow_storage_with_pd_na() -> None:
+    for values in SAMPLES:
+        na_python = python_strings(values, missing_as_nan=False)
+        assert value_digest(na_python) == value_digest(arrow_strings(values, missing_as_nan=False))
 
 
 @pytest.mark.parametrize("values", SAMPLES, ids=range(len(SAMPLES)))

@@ -24,12 +24,18 @@ from nbcache.keys.digest_text import arrow_blocks, write_text_column
 __all__ = ["install_handlers", "is_text", "write_arrow_values"]
 
 
+def _is_string_view(arrow_type: Any) -> bool:
+    # the string_view type came with pyarrow 16; before it, no array can hold one
+    test = getattr(pa.types, "is_string_view", None)
+    return bool(test is not None and test(arrow_type))
+
+
 def is_text(arrow_type: Any) -> bool:
     """Whether an Arrow type holds UTF-8 strings."""
     return bool(
         pa.types.is_string(arrow_type)
         or pa.types.is_large_string(arrow_type)
-        or pa.types.is_string_view(arrow_type)
+        or _is_string_view(arrow_type)
     )
 
 
@@ -59,7 +65,7 @@ def _one_chunk(values: Any) -> Any:
 
 
 def _write_text(writer: TokenWriter, array: Any) -> None:
-    if pa.types.is_string_view(array.type):
+    if _is_string_view(array.type):
         array = array.cast(pa.large_string())
     missing = _missing(array)
     _, offsets_buffer, data_buffer = array.buffers()
