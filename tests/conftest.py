@@ -42,3 +42,7 @@ def isolated_nbcache_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     nbcache.config.configure(None)
     yield
     nbcache.config.configure(None)
+    # Explanation records not written yet would go to this test's servers, stopped by now.
+    from nbcache.functions.explain import book
+
+    book.forget_unwritten()

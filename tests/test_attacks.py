@@ -1,7 +1,7 @@
 """Someone with raw access to the memcached server tries to make a kernel run their code.
 
 memcached has no access control: anyone who reaches the port reads and writes every key. The
-attacker here lists every key the cache uses (``lru_crawler metadump all``), then overwrites
+attacker here lists every key the cache uses (``lru_crawler metadump hash``), then overwrites
 them with raw pickles, with entries in the cache's own record formats carrying a pickle,
 with forged envelopes (wrong MAC; right format signed with another secret), and with chunks
 and manifests swapped around. Each payload, if it were ever unpickled, would create a marker
@@ -65,8 +65,9 @@ class MakesMarker:
 def server_keys(server: MemcachedServer) -> list[str]:
     """Every key on the server, as an attacker lists them.
 
-    One crawl can miss a key that memcached moves between its LRU segments meanwhile (a key
-    read on every hit, like a generation); crawling until a crawl finds nothing new does not.
+    The crawl walks the hash table, not the LRU lists: a walk of the LRU lists can miss a key
+    that memcached moves between its segments meanwhile (a key read on every hit, like a
+    generation). Crawling until a crawl finds nothing new catches keys written meanwhile.
     """
     keys: list[str] = []
     for _ in range(5):
@@ -79,7 +80,7 @@ def server_keys(server: MemcachedServer) -> list[str]:
 
 def _crawl(server: MemcachedServer) -> list[str]:
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"lru_crawler metadump all\r\n")
+        sock.sendall(b"lru_crawler metadump hash\r\n")
         reply = b""
         while not reply.endswith(b"END\r\n"):
             chunk = sock.recv(65536)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -14,9 +15,11 @@ from typing import Any
 import pytest
 
 from nbcache import MemcachedCache, SimpleCache
+from nbcache.entries.leases import Held, is_lease_record, lease_record
+from nbcache.functions.claims import claims
 from nbcache.functions.decorator import cached_result
-from nbcache.functions.stampede import compute_once, lease_record
-from nbcache.stores.api import NO_VALUE, NoValue
+from nbcache.functions.stampede import Computed, compute_once
+from nbcache.stores.api import NO_VALUE, Buffer, NoValue
 from nbcache.stores.memory import MemoryStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,22 +116,55 @@ def test_a_live_holder_keeps_the_others_waiting_for_many_lease_periods(
     assert len(computations(log)) == 1
 
 
-@pytest.mark.parametrize("release", ["tombstone", "expired"])
-def test_a_holder_finishing_between_a_miss_and_the_claim_is_not_computed_again(
-    release: str,
-) -> None:
-    """The other holder stores its result and gives its lease up just after this caller's
-    read missed: the caller takes the free lease, and must find the result, not recompute."""
-    store = MemoryStore()
-    stored: dict[str, int] = {}
+class OneKey:
+    """One key of a real in-process store, as the stampede protocol sees a missed key.
 
-    def read() -> int | NoValue:
-        if "value" in stored:
-            return stored["value"]
-        stored["value"] = 49  # what the other holder does right after this read
-        if release == "tombstone":
-            store.set("lease", [b"released"], 2.0)
-        return NO_VALUE
+    ``shared``: leases are taken in the store (as on memcached), else only claims in this
+    process. ``before_first_read`` runs inside the first read, after the store was read: what
+    another caller does just then.
+    """
+
+    def __init__(self, store: MemoryStore, shared: bool, before_first_read: Any) -> None:
+        self.backing = store
+        self.store = store if shared else None
+        self.key = "k"
+        self.claim_key = ("a test", "k")
+        self.seen = None
+        self.releases = None
+        self._before_first_read = before_first_read
+
+    def read(self) -> int | Held | NoValue:
+        raw = self.backing.get(self.key)
+        if self._before_first_read is not None:
+            self._before_first_read()
+            self._before_first_read = None
+        if isinstance(raw, NoValue):
+            return NO_VALUE
+        if is_lease_record(raw):
+            return Held(bytes(raw))
+        return int(bytes(raw)) if bytes(raw).isdigit() else NO_VALUE
+
+    def live(self, raw: Buffer) -> bool:
+        return bytes(raw).isdigit()
+
+    def store_result(self, value: Any, seconds: float) -> bool:
+        return self.backing.set(self.key, [str(value).encode()], 60.0)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared store", "in-process store"])
+def test_a_holder_finishing_between_a_miss_and_the_claim_is_not_computed_again(
+    shared: bool,
+) -> None:
+    """The other holder stores its result and lets its claim (and lease) go just after this
+    caller's read missed: the caller takes the free claim, and must find the result, not
+    recompute."""
+    store = MemoryStore()
+
+    def other_holder_finishes() -> None:
+        other = object()
+        assert claims.take(("a test", "k"), other) is other
+        store.set("k", [b"49"], 60.0)  # (on a shared store this replaces its lease)
+        claims.release(("a test", "k"), other)
 
     computed: list[int] = []
 
@@ -136,8 +172,12 @@ def test_a_holder_finishing_between_a_miss_and_the_claim_is_not_computed_again(
         computed.append(1)
         return 49
 
-    assert compute_once(store, "lease", 30.0, read, compute) == 49
+    target = OneKey(store, shared, other_holder_finishes)
+    assert compute_once(target, 30.0, compute) == 49
     assert computed == []
+    target = OneKey(MemoryStore(), shared, None)  # control: nobody else, so it computes
+    assert compute_once(target, 30.0, compute) == Computed(49)
+    assert computed == [1]
 
 
 def test_threads_of_one_process_compute_once() -> None:
@@ -221,25 +261,29 @@ def test_a_failing_holder_lets_the_waiters_compute(memcached: Any) -> None:
 def test_a_planted_lease_blocks_a_call_no_longer_than_the_lease(
     planted: bytes, lease: float, bound: float, memcached: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Bounds: malformed < 5 s (it is refused at once); never renewed < lease + 5 s; the next
-    call < 1 s (the abandoned record was replaced)."""
-    store = MemcachedCache([memcached.address]).store
-    assert store.set("planted#lease", [planted], None)  # no expiry: only the waiter's clock
-    computed: list[int] = []
+    """Bounds: malformed < 5 s (it is replaced at once); never renewed < lease + 5 s; the
+    next call is a hit (the abandoned record was replaced by the entry)."""
+    cache = MemcachedCache([memcached.address])
 
-    def compute() -> int:
-        computed.append(1)
+    class Computed(list[int]):
+        def __nbcache_token__(self) -> str:
+            return "computed"
+
+    computed = Computed()
+
+    @cached_result(cache=cache, lease=lease)
+    def answer(x: int) -> int:
+        computed.append(x)
         return 42
 
+    key = answer.cache_key(1)
+    assert cache.store.set(key, [planted], None)  # no expiry: only the waiter's clock
     start = time.monotonic()
-    result = compute_once(store, "planted#lease", lease, lambda: NO_VALUE, compute)
+    assert answer(1) == 42
     assert time.monotonic() - start < bound
-    assert result == 42 and computed == [1]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "nbcache.functions.stampede"]
-    assert len(warnings) == 1 and "planted#lease" in warnings[0], warnings
+    assert computed == [1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and key in warnings[0], warnings
 
-    # The first caller took the abandoned record over: the next one does not wait at all.
-    start = time.monotonic()
-    assert compute_once(store, "planted#lease", lease, lambda: NO_VALUE, compute) == 42
-    assert time.monotonic() - start < 1.0 and computed == [1, 1]
-    assert len([r for r in caplog.records if r.name == "nbcache.functions.stampede"]) == 1
+    assert answer(1) == 42 and computed == [1]
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1

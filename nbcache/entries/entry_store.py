@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 from nbcache.entries.code_identity import CodeFingerprint
 from nbcache.entries.envelope import Entry, Envelope
+from nbcache.entries.leases import Held, is_lease_record, is_lease_value
 from nbcache.exceptions import EntryRefused, StoreFault
 from nbcache.stores import settings
 from nbcache.stores.api import NO_VALUE, BigValue, Buffer, ByteStore, NoValue, peek
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 300
 _T = TypeVar("_T")
 _CAS_ATTEMPTS = 100
-_TOKEN_DIGITS = frozenset(b"0123456789abcdef")
+_HEX = "0123456789abcdef"
+_TOKEN_DIGITS = frozenset(_HEX.encode())
 
 
 class EntryStore:
@@ -104,6 +106,83 @@ class EntryStore:
             self.open(key, raw, code_fingerprint) for key, raw in zip(keys, raws[1:], strict=True)
         ]
         return token_from(raws[0]), entries
+
+    def read_tagged(
+        self, token_key: str, key: str, code_fingerprint: CodeFingerprint | None = None
+    ) -> tuple[str | None, Entry | Held | NoValue]:
+        """A token and the entry under ``key`` if its tag is that token; one round trip.
+
+        What a cached function's call reads. The token is returned as stored (None if
+        missing), not checked: only a real token can equal an entry's signed tag (see
+        :meth:`set_token`); check it with :func:`is_token` before writing with it. An entry
+        with another tag (or none) is a miss, and is not unpickled. Where a caller holds a
+        lease on ``key`` the read finds its record (:class:`~nbcache.entries.leases.Held`).
+        ``code_fingerprint``: as for :meth:`get`.
+        """
+        # Every hit runs this: the store call and the entry's opening are written out here.
+        try:
+            raw_token, raw = self.store.get_many((token_key, key))
+        except NotImplementedError:
+            raise
+        except Exception as fault:
+            self._report("get_many", fault)
+            return None, NO_VALUE
+        if isinstance(raw_token, NoValue):
+            return None, self._open_tagged(key, raw, None, code_fingerprint)
+        token = str(raw_token, "latin-1")
+        return token, self._open_tagged(key, raw, token, code_fingerprint)
+
+    def read_tagged_many(
+        self,
+        token_key: str,
+        keys: Sequence[str],
+        code_fingerprint: CodeFingerprint | None = None,
+    ) -> tuple[str | None, list[Entry | Held | NoValue]]:
+        """:meth:`read_tagged` for many keys, in one store call."""
+        found = self.call(self.store.get_many, None, [token_key, *keys])
+        if found is None:
+            return None, [NO_VALUE] * len(keys)
+        raw_token = found[0]
+        token = None if isinstance(raw_token, NoValue) else str(raw_token, "latin-1")
+        return token, [
+            self._open_tagged(key, raw, token, code_fingerprint)
+            for key, raw in zip(keys, found[1:], strict=True)
+        ]
+
+    def _open_tagged(
+        self,
+        key: str,
+        raw: Buffer | NoValue,
+        token: str | None,
+        code_fingerprint: CodeFingerprint | None,
+    ) -> Entry | Held | NoValue:
+        if isinstance(raw, NoValue):
+            return NO_VALUE
+        if token is None:  # no entry is selected; what is there is checked all the same
+            try:
+                self.envelope.open_header(key, raw)
+            except EntryRefused as refusal:
+                return _refused(key, raw, refusal)
+            return NO_VALUE
+        try:
+            entry = self.envelope.open_tagged(key, raw, token, code_fingerprint)
+        except EntryRefused as refusal:
+            return _refused(key, raw, refusal)
+        if entry is None or (
+            entry.expires is not None and entry.expires + self.clock_tolerance <= time.time()
+        ):
+            return NO_VALUE
+        return entry
+
+    def holds_tagged(self, key: str, raw: Buffer, tag: str | None) -> bool:
+        """True if ``raw``, read under ``key``, is a live, trusted entry tagged ``tag``."""
+        if tag is None:
+            return False
+        try:
+            header, _ = self.envelope.open_header(key, raw)
+        except EntryRefused:
+            return False
+        return header.tag == tag and not self._expired(header.expires)
 
     def has(self, key: str) -> bool:
         """True if ``key`` holds a live, trusted entry (even one whose value is None)."""
@@ -267,7 +346,8 @@ class EntryStore:
         try:
             entry = self.envelope.open(key, raw, code_fingerprint)
         except EntryRefused as refusal:
-            _warn_refused(key, refusal)
+            if not is_lease_value(raw):  # a caller computing this key: no entry yet
+                _warn_refused(key, refusal)
             return NO_VALUE
         if self._expired(entry.expires):
             return NO_VALUE
@@ -289,20 +369,39 @@ class EntryStore:
         """``method(*args)``, or ``on_fault`` if the store fails (never an exception)."""
         try:
             return method(*args)
-        except StoreFault as fault:
-            log.debug("nbcache: %s failed on %s: %s", method.__name__, self.name, fault)
-            return cast(_T, on_fault)
         except NotImplementedError:
             raise
-        except Exception as fault:  # a store bug or an unforeseen fault must not break the caller
-            log.warning(
-                "nbcache: %s on %s failed (%s: %s); treating it as a miss",
-                method.__name__,
-                self.name,
-                type(fault).__name__,
-                fault,
-            )
+        except Exception as fault:
+            self._report(method.__name__, fault)
             return cast(_T, on_fault)
+
+    def _report(self, operation: str, fault: Exception) -> None:
+        """Say that a store operation failed (the caller goes on as if it missed)."""
+        if isinstance(fault, StoreFault):
+            log.debug("nbcache: %s failed on %s: %s", operation, self.name, fault)
+            return
+        # A store bug or an unforeseen fault must not break the caller.
+        log.warning(
+            "nbcache: %s on %s failed (%s: %s); treating it as a miss",
+            operation,
+            self.name,
+            type(fault).__name__,
+            fault,
+        )
+
+
+def _refused(key: str, raw: Buffer, refusal: EntryRefused) -> Held | NoValue:
+    """What a read makes of bytes the envelope refused: a lease record, or a miss."""
+    if is_lease_record(raw):
+        return Held(bytes(raw))
+    if not is_lease_value(raw):  # a released lease is no entry and no news either
+        _warn_refused(key, refusal)
+    return NO_VALUE
+
+
+def is_token(text: str | None) -> bool:
+    """True if ``text`` is a token: 1 to 64 lowercase hex digits."""
+    return text is not None and 0 < len(text) <= 64 and not text.strip(_HEX)
 
 
 def _check_key(key: object) -> None:

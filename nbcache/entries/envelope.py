@@ -37,6 +37,7 @@ for a big one: the stores are meant to make that unnecessary).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -64,6 +65,13 @@ PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 # frame count, cloudpickle version length, tag length, meta length
 _FIXED = struct.Struct("<BBBBBdddIHHI")
 _CODE_BY_VALUE = 1  # flag: the pickle holds code pickled by value
+# The fixed fields after the four writer bytes (serializer id, Python major, minor, MAC kind).
+_FLAGS_TIMES_AND_LENGTHS = struct.Struct("<BdddIHHI")
+_LEAD = struct.Struct("<3sBI")  # magic, format, header length
+# An entry of one frame up to its header's text fields: the preamble, the writer bytes, the
+# flags and fixed fields after them, and the frame's size.
+_ONE_FRAME = struct.Struct("<3sBI4sxdddIHHIQ")
+_ONE_FRAME_TEXT_AT = _ONE_FRAME.size
 _SERIALIZERS = {serializer.NAME: 1}
 _SERIALIZER_NAMES = {number: name for name, number in _SERIALIZERS.items()}
 _MAC_KINDS = {"none": 0, "blake3": 1}
@@ -140,40 +148,24 @@ class Header(NamedTuple):
             raise EntryRefused(f"malformed header ({exc})") from exc
 
 
-class Entry:
+class Entry(NamedTuple):
     """A value read from the cache, with what its envelope says about it (read-only)."""
 
-    __slots__ = ("_meta", "created", "duration", "expires", "meta_json", "tag", "value")
-
-    def __init__(
-        self,
-        value: Any,
-        created: float,
-        expires: float | None,
-        duration: float | None = None,
-        tag: str = "",
-        meta_json: bytes = b"",
-    ) -> None:
-        self.value = value
-        self.created = created
-        self.expires = expires
-        self.duration = duration
-        self.tag = tag
-        self.meta_json = meta_json
-        self._meta: dict[str, Any] | None = None
+    value: Any
+    created: float
+    expires: float | None
+    duration: float | None = None
+    tag: str = ""
+    meta_json: bytes = b""
 
     @property
     def meta(self) -> dict[str, Any]:
-        """The free metadata the writer attached, parsed on first use."""
-        if self._meta is None:
-            self._meta = _parse_meta(self.meta_json)
-        return self._meta
+        """The free metadata the writer attached (parsed at each call: keep the result)."""
+        return _parse_meta(self.meta_json)
 
-    def __repr__(self) -> str:
-        return (
-            f"Entry(value={self.value!r}, created={self.created}, expires={self.expires}, "
-            f"duration={self.duration}, tag={self.tag!r})"
-        )
+
+# Builds an Entry from a tuple in C: it runs on every hit.
+_new_entry = tuple.__new__
 
 
 class Envelope:
@@ -184,6 +176,15 @@ class Envelope:
         from another namespace under the same key is refused too."""
         self.signer = signer
         self.context = context
+        context_bytes = context.encode("utf-8", "surrogatepass")
+        self._context_prefix = len(context_bytes).to_bytes(8, "little") + context_bytes
+        self._mac_kind = "blake3" if signer else "none"
+        # What this process writes, as a reader compares it (cloudpickle's version is read on
+        # first use: importing cloudpickle is not cheap).
+        self._own_writer = bytes(
+            [_SERIALIZERS[serializer.NAME], *sys.version_info[:2], _MAC_KINDS[self._mac_kind]]
+        )
+        self._own_version: bytes | None = None
 
     def seal(
         self,
@@ -202,29 +203,40 @@ class Envelope:
         Raises :class:`~nbcache.exceptions.UnpicklableValueError` if the value can't be
         pickled.
         """
-        frames = serializer.dumps(value, key, code_fingerprint)
-        header_bytes = Header(
-            serializer=serializer.NAME,
-            python=PYTHON,
-            cloudpickle=serializer.cloudpickle_version(),
-            mac="blake3" if self.signer else "none",
-            created=time.time(),
-            expires=expires,
-            duration=duration,
-            sizes=frames.sizes,
-            tag=tag,
-            meta_json=json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()
-            if meta
-            else b"",
-            code_by_value=frames.code_by_value,
-        ).pack()
-        preamble = MAGIC + bytes([FORMAT]) + len(header_bytes).to_bytes(4, "little") + header_bytes
-        if self.signer is not None:
-            preamble += self.signer.key_id
-        payload = _padded(len(preamble) + (MAC_SIZE if self.signer else 0), frames)
+        head, buffers, code_by_value = serializer.dumps(value, key, code_fingerprint)
+        writer, version = _writer_fields(PYTHON, serializer.cloudpickle_version(), self._mac_kind)
+        sizes = [len(head), *(buffer.nbytes for buffer in buffers)] if buffers else [len(head)]
+        tag_bytes = tag.encode("utf-8", "surrogatepass")
+        meta_json = (
+            json.dumps(meta, separators=(",", ":"), allow_nan=False).encode() if meta else b""
+        )
+        header = b"".join(
+            (
+                writer,
+                _FLAGS_TIMES_AND_LENGTHS.pack(
+                    _CODE_BY_VALUE if code_by_value else 0,
+                    time.time(),
+                    _NONE if expires is None else expires,
+                    _NONE if duration is None else duration,
+                    len(sizes),
+                    len(version),
+                    len(tag_bytes),
+                    len(meta_json),
+                ),
+                struct.pack(f"<{len(sizes)}Q", *sizes),
+                version,
+                tag_bytes,
+                meta_json,
+            )
+        )
+        preamble = _LEAD.pack(MAGIC, FORMAT, len(header)) + header
         if self.signer is None:
-            return [preamble, *payload]
-        mac = self.signer.sign(_signed_parts(self.context, key, header_bytes, payload))
+            if not buffers:
+                return [preamble, head]
+            return [preamble, *_padded(len(preamble), head, buffers)]
+        preamble += self.signer.key_id
+        payload = _padded(len(preamble) + MAC_SIZE, head, buffers)
+        mac = self.signer.sign(self._signed_parts(key, header, payload))
         return [preamble + mac, *payload]
 
     def open_header(self, key: str, entry: Buffer) -> tuple[Header, list[memoryview]]:
@@ -233,36 +245,10 @@ class Envelope:
         Raises :class:`EntryRefused` with a short reason when the entry is not to be trusted.
         """
         view = byte_view(entry)
-        if len(view) < _PREAMBLE or bytes(view[:3]) != MAGIC:
-            raise EntryRefused("not an nbcache entry")
-        if view[3] != FORMAT:
-            raise EntryRefused(f"unknown entry format {view[3]}")
-        header_end = _PREAMBLE + int.from_bytes(view[4:_PREAMBLE], "little")
-        header_bytes = view[_PREAMBLE:header_end]
-        if len(header_bytes) != header_end - _PREAMBLE:
-            raise EntryRefused("truncated entry")
-        offset = header_end
-        if self.signer is not None:
-            mac_end = offset + KEY_ID_SIZE + MAC_SIZE
-            if len(view) < mac_end:
-                raise EntryRefused("truncated entry")
-            key_id, mac = view[offset : offset + KEY_ID_SIZE], view[offset + KEY_ID_SIZE : mac_end]
-            payload = view[mac_end:]
-            parts = _signed_parts(self.context, key, header_bytes, [payload])
-            if not self.signer.verify(key_id, parts, mac):
-                raise EntryRefused("bad signature (tampered, another key, or another secret)")
-            offset = mac_end
-        header = Header.unpack(header_bytes)
+        header_end, payload = self._verified(key, view)
+        header = Header.unpack(view[_PREAMBLE:header_end])
         _check_writer(header, signed=self.signer is not None)
-        frames = []
-        for index, size in enumerate(header.sizes):
-            if index:
-                offset += -offset % aligned.ALIGNMENT
-            frames.append(view[offset : offset + size])
-            offset += size
-        if offset != len(view):
-            raise EntryRefused("truncated entry")
-        return header, frames
+        return header, _frames(view, header.sizes, payload)
 
     def open(
         self, key: str, entry: Buffer, code_fingerprint: CodeFingerprint | None = None
@@ -271,22 +257,148 @@ class Envelope:
 
         ``code_fingerprint``: see :mod:`nbcache.entries.code_identity`.
         """
-        header, frames = self.open_header(key, entry)
+        opened = self.open_tagged(key, entry, None, code_fingerprint)
+        assert opened is not None
+        return opened
+
+    def open_tagged(
+        self,
+        key: str,
+        entry: Buffer,
+        tag: str | None,
+        code_fingerprint: CodeFingerprint | None = None,
+    ) -> Entry | None:
+        """:meth:`open` for an entry that must carry ``tag`` (ASCII; None: any tag): None,
+        with nothing unpickled, if it carries another one."""
+        view = entry if type(entry) is bytes else byte_view(entry)
+        # The usual small entry is one frame written by this very writer: read it with one
+        # unpack, without a header object or version strings. Anything else, the long way.
+        try:
+            (magic, version, header_size, writer, created, expires, duration, count,
+             version_size, tag_size, meta_size, size) = _ONE_FRAME.unpack_from(view)  # fmt: skip
+        except struct.error:
+            count = 0
+            header_end, payload = self._verified(key, view)  # short: raises if not an entry
+        else:
+            header_end = _PREAMBLE + header_size
+            if self.signer is None and magic == MAGIC and version == FORMAT:
+                payload = header_end  # unsigned (in-process): the framing is all to check
+                if len(view) < header_end:
+                    raise EntryRefused("truncated entry")
+            else:
+                header_end, payload = self._verified(key, view)
+        if count == 1 and writer == self._own_writer and payload + size == len(view):
+            tag_at = _ONE_FRAME_TEXT_AT + version_size
+            meta_at = tag_at + tag_size
+            own_version = self._own_version or self._read_own_version()
+            if meta_at + meta_size == header_end and view[_ONE_FRAME_TEXT_AT:tag_at] == own_version:
+                if tag is None:
+                    tag = str(view[tag_at:meta_at], "utf-8", "surrogatepass") if tag_size else ""
+                elif str(view[tag_at:meta_at], "latin-1") != tag:
+                    return None
+                fields = (
+                    serializer.loads(view[payload:], [], code_fingerprint),
+                    created,
+                    None if expires != expires else expires,  # NaN stands for None
+                    None if duration != duration else duration,
+                    tag,
+                    bytes(view[meta_at:header_end]) if meta_size else b"",
+                )
+                return _new_entry(Entry, fields)  # type: ignore[no-any-return]
+        view = byte_view(view)
+        header = Header.unpack(view[_PREAMBLE:header_end])
+        _check_writer(header, signed=self.signer is not None)
+        if tag is not None and header.tag != tag:
+            return None
+        frames = _frames(view, header.sizes, payload)
         buffers = [_usable(key, buffer) for buffer in frames[1:]]
         value = serializer.loads(frames[0], buffers, code_fingerprint)
         return Entry(
             value, header.created, header.expires, header.duration, header.tag, header.meta_json
         )
 
+    def _read_own_version(self) -> bytes:
+        self._own_version = serializer.cloudpickle_version().encode()
+        return self._own_version
 
-def _padded(start: int, frames: serializer.Frames) -> list[Buffer]:
+    def _verified(self, key: str, view: bytes | memoryview) -> tuple[int, int]:
+        """Where the header ends and the payload starts in a well-framed, authentic entry.
+
+        Raises :class:`EntryRefused` for anything else; the header is not parsed here.
+        """
+        try:
+            magic, version, header_size = _LEAD.unpack_from(view)
+        except struct.error:
+            raise EntryRefused("not an nbcache entry") from None
+        if magic != MAGIC:
+            raise EntryRefused("not an nbcache entry")
+        if version != FORMAT:
+            raise EntryRefused(f"unknown entry format {version}")
+        header_end = _PREAMBLE + header_size
+        if len(view) < header_end:
+            raise EntryRefused("truncated entry")
+        if self.signer is None:
+            return header_end, header_end
+        mac_end = header_end + KEY_ID_SIZE + MAC_SIZE
+        if len(view) < mac_end:
+            raise EntryRefused("truncated entry")
+        key_id = view[header_end : header_end + KEY_ID_SIZE]
+        mac = view[mac_end - MAC_SIZE : mac_end]
+        parts = self._signed_parts(key, view[_PREAMBLE:header_end], [view[mac_end:]])
+        if not self.signer.verify(key_id, parts, mac):
+            raise EntryRefused("bad signature (tampered, another key, or another secret)")
+        return header_end, mac_end
+
+    def _signed_parts(self, key: str, header: Buffer, payload: list[Buffer]) -> list[Buffer]:
+        # The key is bound into the MAC: an entry replayed under another key fails
+        # verification. Context, key and header are length-prefixed; the payload comes last,
+        # so its frames need no separators and the writer's frames and the reader's single
+        # run give the same MAC.
+        key_bytes = key.encode("utf-8", "surrogatepass")
+        lengths = b"".join(
+            (
+                self._context_prefix,
+                len(key_bytes).to_bytes(8, "little"),
+                key_bytes,
+                memoryview(header).nbytes.to_bytes(8, "little"),
+            )
+        )
+        return [lengths, header, *payload]
+
+
+@functools.lru_cache(maxsize=8)
+def _writer_fields(python: str, cloudpickle: str, mac: str) -> tuple[bytes, bytes]:
+    """The writer fields of an entry as they appear in its header: the four bytes of serializer
+    id, Python major and minor and MAC kind, then the cloudpickle version text."""
+    major, minor = (int(part) for part in python.split("."))
+    return (
+        bytes([_SERIALIZERS[serializer.NAME], major, minor, _MAC_KINDS[mac]]),
+        cloudpickle.encode(),
+    )
+
+
+def _frames(view: memoryview, sizes: list[int], offset: int) -> list[memoryview]:
+    """The payload frames of an entry at their aligned offsets; EntryRefused if they do not
+    fill the entry exactly."""
+    frames = []
+    for index, size in enumerate(sizes):
+        if index:
+            offset += -offset % aligned.ALIGNMENT
+        frames.append(view[offset : offset + size])
+        offset += size
+    if offset != len(view):
+        raise EntryRefused("truncated entry")
+    return frames
+
+
+def _padded(start: int, head: bytes, buffers: tuple[memoryview, ...]) -> list[Buffer]:
     """The payload frames, each out-of-band buffer preceded by the padding that aligns it.
 
     ``start`` is the payload's offset in the entry.
     """
-    payload: list[Buffer] = [frames.head]
-    offset = start + len(frames.head)
-    for buffer in frames.buffers:
+    payload: list[Buffer] = [head]
+    offset = start + len(head)
+    for buffer in buffers:
         padding = -offset % aligned.ALIGNMENT
         if padding:
             payload.append(_PADDING[:padding])
@@ -310,24 +422,6 @@ def _usable(key: str, buffer: memoryview) -> memoryview:
             "read-only" if buffer.readonly else "misaligned",
         )
     return aligned.copy_aligned(buffer)
-
-
-def _signed_parts(context: str, key: str, header: Buffer, payload: list[Buffer]) -> list[Buffer]:
-    # The key is bound into the MAC: an entry replayed under another key fails verification.
-    # Key and header are length-prefixed; the payload comes last, so its frames need no
-    # separators and the writer's frames and the reader's single run give the same MAC.
-    context_bytes = context.encode("utf-8", "surrogatepass")
-    key_bytes = key.encode("utf-8", "surrogatepass")
-    header_size = memoryview(header).nbytes
-    return [
-        len(context_bytes).to_bytes(8, "little"),
-        context_bytes,
-        len(key_bytes).to_bytes(8, "little"),
-        key_bytes,
-        header_size.to_bytes(8, "little"),
-        header,
-        *payload,
-    ]
 
 
 def _check_writer(header: Header, signed: bool) -> None:

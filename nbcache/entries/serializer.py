@@ -11,6 +11,13 @@ is the same code (:mod:`nbcache.entries.code_identity`).
 
 Serializing also notes whether the value holds code pickled by value (see
 :mod:`nbcache.entries.by_value`): only such entries are tied to the writer's Python version.
+
+A value made only of builtin scalars and containers (the usual result of a small call) is
+pickled by the standard library's C pickler directly: cloudpickle would produce the very same
+bytes (it changes only how functions, classes and other objects are handled; such a value
+holds no code and no class), at a fraction of the cost for a small value. The C pickler
+handles exactly those types itself and asks its ``reducer_override`` about anything else;
+ours refuses, and cloudpickle takes over.
 """
 
 from __future__ import annotations
@@ -18,10 +25,10 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import threading
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from nbcache.entries.by_value import is_code_by_value
 from nbcache.entries.code_identity import (
@@ -36,8 +43,7 @@ from nbcache.exceptions import EntryRefused, UnpicklableValueError
 NAME = "cloudpickle"
 
 
-@dataclass(frozen=True)
-class Frames:
+class Frames(NamedTuple):
     """A serialized value: the pickle stream and its out-of-band buffers, in order.
 
     ``code_by_value``: the stream holds code pickled by value (a notebook function, a lambda,
@@ -70,6 +76,9 @@ def dumps(
     ``code_fingerprint``: record the fingerprint of each class and function pickled by value,
     so that :func:`loads` can give back the loading process's own (see the module docstring).
     """
+    plain = plain_dumps(value)
+    if plain is not None:
+        return _new_frames(Frames, (plain, (), False))  # type: ignore[no-any-return]
     buffers: list[pickle.PickleBuffer] = []
     try:
         stream = io.BytesIO()
@@ -86,6 +95,55 @@ def dumps(
             # A non-contiguous buffer: a copy is the only way to make it one run of bytes.
             views.append(memoryview(bytes(memoryview(buffer))))
     return Frames(head, tuple(views), pickler.code_by_value)
+
+
+class _NotPlain(Exception):
+    """Raised inside the plain pickler: the value holds something else."""
+
+
+class _PlainPickler(pickle.Pickler):
+    """The C pickler, refusing all but the builtin types it handles itself."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        raise _NotPlain
+
+
+def _refuse_buffer(buffer: pickle.PickleBuffer) -> None:
+    raise _NotPlain  # an out-of-band buffer: cloudpickle's business
+
+
+# Each thread reuses one pickler and its buffer: making them costs more than a small dump.
+_plain = threading.local()
+
+
+def plain_dumps(value: Any) -> bytes | None:
+    """The pickle of ``value`` if it holds only builtin scalars, lists, tuples, sets and
+    dicts (exact types), else None."""
+    reusable = getattr(_plain, "pickler", None)
+    _plain.pickler = None  # in use: a reentrant call (from a finalizer, say) makes its own
+    if reusable is None:
+        file = io.BytesIO()
+        reusable = (file, _PlainPickler(file, protocol=5, buffer_callback=_refuse_buffer))
+    file, pickler = reusable
+    try:
+        pickler.dump(value)
+        return file.getvalue()
+    except Exception:  # something else inside, or nested too deeply: cloudpickle's turn
+        return None
+    finally:
+        file.seek(0)
+        file.truncate()
+        pickler.clear_memo()
+        _plain.pickler = reusable
+
+
+def is_plain(value: Any) -> bool:
+    """True if ``value`` holds only builtin scalars, lists, tuples, sets and dicts."""
+    return plain_dumps(value) is not None
+
+
+# Builds Frames from a tuple in C: every stored value makes one.
+_new_frames = tuple.__new__
 
 
 def loads(

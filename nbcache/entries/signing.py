@@ -10,7 +10,7 @@ several secrets (rotation) checks only the one that signed it.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from nbcache.exceptions import ConfigurationError
 from nbcache.stores.api import Buffer
@@ -18,6 +18,8 @@ from nbcache.stores.api import Buffer
 MAC_SIZE = 32
 KEY_ID_SIZE = 4
 _CONTEXT = "nbcache 2026-11 cache entry MAC v1"
+#: Entries smaller than this are joined before hashing (a copy that costs less than updates).
+_JOIN_BELOW = 64 * 1024
 
 
 class Signer:
@@ -42,27 +44,31 @@ class Signer:
         context = _CONTEXT if purpose == "cache entry" else f"{_CONTEXT} for {purpose}"
         self._keys = [blake3.blake3(s, derive_key_context=context).digest() for s in secrets]
         self._ids = [blake3.blake3(k).digest()[:KEY_ID_SIZE] for k in self._keys]
+        # Key ids are public (stored in the clear beside each MAC): looked up, not compared
+        # in constant time. The first secret wins if two derive the same id.
+        self._key_by_id: dict[bytes, bytes] = {}
+        for key_id, key in zip(self._ids, self._keys, strict=True):
+            self._key_by_id.setdefault(key_id, key)
 
     @property
     def key_id(self) -> bytes:
         """The id of the signing key, to store beside the MAC."""
         return self._ids[0]
 
-    def sign(self, parts: Iterable[Buffer]) -> bytes:
-        """The MAC of the concatenation of ``parts`` under the signing key.
+    def sign(self, parts: Sequence[Buffer]) -> bytes:
+        """The MAC of the concatenation of ``parts`` (bytes or flat byte views) under the
+        signing key.
 
         The caller makes the concatenation unambiguous (length prefixes where needed).
         """
         return self._mac(self._keys[0], parts)
 
     def verify(
-        self, key_id: bytes | memoryview, parts: Iterable[Buffer], mac: bytes | memoryview
+        self, key_id: bytes | memoryview, parts: Sequence[Buffer], mac: bytes | memoryview
     ) -> bool:
         """True if ``mac`` is the MAC of ``parts`` under the key called ``key_id``."""
-        for candidate_id, key in zip(self._ids, self._keys, strict=True):
-            if hmac.compare_digest(candidate_id, bytes(key_id)):
-                return hmac.compare_digest(self._mac(key, parts), bytes(mac))
-        return False
+        key = self._key_by_id.get(bytes(key_id))
+        return key is not None and hmac.compare_digest(self._mac(key, parts), mac)
 
     def tag(self, parts: Sequence[Buffer]) -> bytes:
         """The signing key's id and MAC of ``parts``, as one tag (an ``Authenticator``)."""
@@ -75,8 +81,14 @@ class Signer:
             return False
         return self.verify(view[:KEY_ID_SIZE], parts, view[KEY_ID_SIZE:])
 
-    def _mac(self, key: bytes, parts: Iterable[Buffer]) -> bytes:
-        # AUTO threads: big parts are hashed on every core; small ones cost the same as one.
+    def _mac(self, key: bytes, parts: Sequence[Buffer]) -> bytes:
+        size = 0
+        for part in parts:
+            size += len(part) if type(part) is bytes else memoryview(part).nbytes
+        if size < _JOIN_BELOW:
+            # A small entry (most hits): joined and hashed in one call, about twice as fast.
+            return bytes(self._blake3(b"".join(parts), key=key).digest())
+        # AUTO threads: big parts are hashed on every core.
         hasher = self._blake3(key=key, max_threads=self._blake3.AUTO)
         for part in parts:
             hasher.update(part)

@@ -1,26 +1,25 @@
 """Cache keys of function calls: pure functions of the function and its bound arguments.
 
-A call key is ``nbcache.fn/1:<module>:<qualname>:<digest>``, where the digest covers the
+A call key is ``nbcache.fn/2:<module>:<qualname>:<digest>``, where the digest covers the
 code fingerprint, ``version=``, the digests of the global data the code reads, and the
-canonical digest of every bound argument (defaults applied, so ``f(1)`` and ``f(1, b=2)``
-with ``b=2`` as default share a key; keyword order is irrelevant; ``ignore=`` names are
-left out). With ``key=``, the digest of ``key(*args, **kwargs)`` stands for the arguments.
-Nothing here does I/O.
+canonical digest of every bound argument by name (defaults applied, so ``f(1)`` and
+``f(1, b=2)`` with ``b=2`` as default share a key; keyword order is irrelevant: arguments are
+bound in parameter order; ``ignore=`` names are left out). With ``key=``, the digest of
+``key(*args, **kwargs)`` stands for the arguments. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import xxhash
 
 from nbcache.exceptions import UnhashableValue
 from nbcache.keys.digest import value_digest
 
-KEY_FORMAT = "nbcache.fn/1"
+KEY_FORMAT = "nbcache.fn/2"
 #: The name under which a ``key=`` callable's result appears in explanations.
 CUSTOM_KEY_NAME = "key()"
 
@@ -37,15 +36,18 @@ class UnhashableArgument(UnhashableValue):
         self.args = (f"argument `{argument}`: {cause}",)
 
 
-@dataclass(frozen=True)
-class CallKey:
-    """A call's cache key and what went into it (recorded in the entry for explanations)."""
+class CallKey(NamedTuple):
+    """A call's cache key and what went into it (recorded for explanations)."""
 
     key: str
     code: str
     version: str | None
     arguments: dict[str, str]
     global_inputs: dict[str, str]
+
+
+# Builds a CallKey from a tuple in C: it runs on every call.
+_new_call_key = tuple.__new__
 
 
 class CallKeyBuilder:
@@ -76,6 +78,12 @@ class CallKeyBuilder:
         self.version = None if version is None else value_digest(version)
         module = getattr(func, "__module__", None) or "__main__"
         self.function_id = f"{KEY_FORMAT}:{module}:{func.__qualname__}"
+        self._key_prefix = self.function_id + ":"
+        #: Where the function's generation token lives (``cache_clear`` replaces it): a raw
+        #: token (:meth:`nbcache.entries.entry_store.EntryStore.set_token`).
+        self.generation_key = f"{self.function_id}#generation-token"
+        #: Where the records of the function's recent entries live (for explanations).
+        self.records_key = f"{self.function_id}#recent"
         self._has_defaults = any(
             p.default is not p.empty for p in self.signature.parameters.values()
         )
@@ -115,44 +123,23 @@ class CallKeyBuilder:
     def build(
         self,
         code: str,
-        arguments: Mapping[str, str],
-        global_inputs: Mapping[str, str] | None = None,
+        arguments: dict[str, str],
+        global_inputs: dict[str, str] | None = None,
     ) -> CallKey:
-        """The key from a code fingerprint, argument digests and global input digests."""
-        hasher = xxhash.xxh3_128()
-        parts = [code, self.version or "-"]
-        # Sorted by name: keyword order never matters, and names are part of the key.
-        parts += [f"{name}={digest}" for name, digest in sorted(arguments.items())]
+        """The key from a code fingerprint, argument digests and global input digests.
+
+        ``arguments`` in parameter order, as :meth:`argument_digests` gives them (that order
+        is what makes keyword order irrelevant). The key keeps both dicts.
+        """
+        # The names, then the digests, one per line: names hold no newline and digests are
+        # hex, so the text is unambiguous. Joined and hashed in C: this runs on every call.
+        parts = [code, self.version or "-", *arguments, *arguments.values()]
         if global_inputs:
             parts.append("globals")
-            parts += [f"{name}={digest}" for name, digest in sorted(global_inputs.items())]
-        hasher.update("\n".join(parts).encode("utf-8", "surrogatepass"))
-        return CallKey(
-            key=f"{self.function_id}:{hasher.hexdigest()}",
-            code=code,
-            version=self.version,
-            arguments=dict(arguments),
-            global_inputs=dict(global_inputs or {}),
-        )
-
-    @property
-    def generation_key(self) -> str:
-        """Where the function's generation token lives (``cache_clear`` replaces it).
-
-        A raw token (:meth:`nbcache.cache.Cache.set_token`); the name differs from the one
-        under which earlier versions kept a signed entry, so neither reads the other's.
-        """
-        return f"{self.function_id}#generation-token"
-
-    @property
-    def records_key(self) -> str:
-        """Where the function's recent-entry records live (for explanations)."""
-        return f"{self.function_id}#recent"
-
-    @staticmethod
-    def lease_key(call_key: str) -> str:
-        """Where the lease of one call key lives (stampede protection)."""
-        return f"{call_key}#lease"
+            parts += map("=".join, sorted(global_inputs.items()))
+        digest = xxhash.xxh3_128_hexdigest("\n".join(parts).encode("utf-8", "surrogatepass"))
+        material = (self._key_prefix + digest, code, self.version, arguments, global_inputs or {})
+        return _new_call_key(CallKey, material)  # type: ignore[no-any-return]
 
 
 _NO_DEFAULT = inspect.Parameter.empty

@@ -26,26 +26,39 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from contextvars import ContextVar
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 from nbcache.cache import Cache
+from nbcache.config import get_cache
+from nbcache.entries.entry_store import EntryStore, is_token
+from nbcache.entries.envelope import Entry
+from nbcache.entries.leases import Held
 from nbcache.exceptions import UnhashableValue, UnpicklableValueError
 from nbcache.functions.call_key import CallKey, CallKeyBuilder, UnhashableArgument
-from nbcache.functions.explain import entry_meta, explain, remember
-from nbcache.functions.stampede import DEFAULT_LEASE, compute_once, compute_once_async
+from nbcache.functions.claims import claims
+from nbcache.functions.explain import (
+    Record,
+    Shelf,
+    book,
+    entry_meta,
+    explain,
+    record_slot_keys,
+)
+from nbcache.functions.stampede import (
+    DEFAULT_LEASE,
+    Computed,
+    compute_once,
+    compute_once_async,
+    computing_already,
+)
 from nbcache.keys.digest import value_digest
 from nbcache.keys.fingerprint import code_token, function_fingerprint
 from nbcache.keys.snapshot import CodeSnapshot, FingerprintMemo
 from nbcache.stores import settings
-from nbcache.stores.api import NO_VALUE, NoValue
+from nbcache.stores.api import Buffer, ByteStore, NoValue
 
 log = logging.getLogger(__name__)
-
-#: The lease keys this thread (or asyncio task) is computing now. A call that finds its own
-#: key here is the computation calling itself: waiting for the result would wait on itself.
-_computing: ContextVar[frozenset[str]] = ContextVar("nbcache_computing", default=frozenset())
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -60,15 +73,6 @@ class CacheInfo(NamedTuple):
     time_saved: float
 
 
-class _Hit(NamedTuple):
-    value: Any
-    duration: float | None
-
-
-class _Computed(NamedTuple):
-    value: Any
-
-
 class CachedCallable(Protocol[_P, _R_co]):
     """What ``@cached_result`` returns: the function, plus its cache's controls."""
 
@@ -77,6 +81,10 @@ class CachedCallable(Protocol[_P, _R_co]):
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co: ...
 
     def __get__(self, instance: object, owner: type | None = None) -> Callable[..., _R_co]: ...
+
+    def map(self, *iterables: Iterable[Any]) -> Any:
+        """A list of results (an awaitable of one, for a coroutine function)."""
+        ...
 
     def cache_key(self, *args: _P.args, **kwargs: _P.kwargs) -> str: ...
 
@@ -135,7 +143,9 @@ def cached_result(
         lease: seconds a caller computing a missed key keeps others waiting if it dies
             (while alive it renews its lease, however long it computes).
 
-    The wrapper has ``cache_key(*a, **kw)``, ``invalidate(*a, **kw)``, ``cache_clear()``,
+    The wrapper has ``map(*iterables)`` (like the builtin ``map``, as a list: every call's
+    entry is looked up in one store call, only the misses run; awaitable for a coroutine
+    function), ``cache_key(*a, **kw)``, ``invalidate(*a, **kw)``, ``cache_clear()``,
     ``cache_info()``, ``explain(*a, **kw)`` and ``__wrapped__``. For a method, pass the
     instance explicitly to these (``Class.method.cache_key(obj, x)``).
     """
@@ -148,10 +158,13 @@ def cached_result(
                 return await state.call_async(args, kwargs)
 
             wrapper: Any = async_wrapper
+            wrapper.map = state.map_async
         else:
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 return state.call(args, kwargs)
+
+            wrapper.map = state.map
 
         functools.update_wrapper(wrapper, function)
         wrapper.cache_key = state.cache_key
@@ -188,6 +201,10 @@ class CachedFunction:
         self._hits = self._misses = 0
         self._saved = 0.0
         self._warned: set[tuple[str, ...]] = set()
+        # For records: the own-code digest and helper fingerprints by code fingerprint, and
+        # where records go in the store last used.
+        self._code_parts: tuple[str, str, dict[str, str]] | None = None
+        self._shelf: tuple[EntryStore, Shelf] | None = None
         # Globals a run of this code was seen changing: state, not inputs. Tied to the
         # fingerprint they were learned under; edited code learns afresh.
         self._learned_state: tuple[str, frozenset[str]] = ("", frozenset())
@@ -197,80 +214,141 @@ class CachedFunction:
         return ("cached_result", function_fingerprint(self.func), self.keys.version)
 
     # -- the call -------------------------------------------------------------------------
+    #
+    # Both entry points look the call up the same way (:meth:`_lookup`) and hand a miss to
+    # the one stampede protocol, driven on the thread or in the coroutine.
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call = self._key_or_none(args, kwargs)
-        if call is None or self._computing_already(call):
+        found = self._lookup(args, kwargs)
+        if type(found) is _Miss:
+            return self._finish(compute_once(found, self.lease, lambda: self.func(*args, **kwargs)))
+        if found is _UNCACHED:
             return self.func(*args, **kwargs)
-        cache = self.cache()
-        found: _Hit | _Computed | NoValue = self._read(cache, call)
-        if isinstance(found, NoValue):
-            self._log_miss(cache, call)
-            found = compute_once(
-                cache.store,
-                self.keys.lease_key(call.key),
-                self.lease,
-                lambda: self._read(cache, call),
-                lambda: self._compute(cache, call, args, kwargs),
-            )
-        return self._count(found)
+        return found
 
     async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call = self._key_or_none(args, kwargs)
-        if call is None or self._computing_already(call):
-            return await self.func(*args, **kwargs)
-        cache = self.cache()
-        found: _Hit | _Computed | NoValue = self._read(cache, call)
-        if isinstance(found, NoValue):
-            self._log_miss(cache, call)
-
-            async def compute() -> _Computed:
-                marked = _computing.set(_computing.get() | {self.keys.lease_key(call.key)})
-                try:
-                    started = time.perf_counter()
-                    value = await self.func(*args, **kwargs)
-                finally:
-                    _computing.reset(marked)
-                self._store(cache, call, value, time.perf_counter() - started)
-                return _Computed(value)
-
-            found = await compute_once_async(
-                cache.store,
-                self.keys.lease_key(call.key),
-                self.lease,
-                lambda: self._read(cache, call),
-                compute,
+        found = self._lookup(args, kwargs)
+        if type(found) is _Miss:
+            return self._finish(
+                await compute_once_async(found, self.lease, lambda: self.func(*args, **kwargs))
             )
-        return self._count(found)
+        if found is _UNCACHED:
+            return await self.func(*args, **kwargs)
+        return found
+
+    def _lookup(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The hit's value (counted), or a :class:`_Miss`, or ``_UNCACHED`` (no key)."""
+        try:
+            call = self.call_key(args, kwargs)
+        except Exception as problem:
+            self._no_key(problem)
+            return _UNCACHED
+        cache = self._cache or get_cache()
+        releases = claims.releases
+        generation, found = cache.entries.read_tagged(
+            self.keys.generation_key, call.key, function_fingerprint
+        )
+        if isinstance(found, Entry):
+            with self._stats_lock:
+                self._hits += 1
+                self._saved += found.duration or 0.0
+            return found.value
+        miss = _Miss(self, cache, call, generation, found, releases)
+        if self._computing_already(miss):
+            return _UNCACHED
+        self._log_miss(cache, call)
+        return miss
+
+    def _finish(self, outcome: Entry | Computed) -> Any:
+        """Count what the stampede protocol found or computed, and return its value."""
+        with self._stats_lock:
+            if isinstance(outcome, Computed):
+                self._misses += 1
+            else:
+                self._hits += 1
+                self._saved += outcome.duration or 0.0
+        return outcome.value
+
+    def map(self, *iterables: Iterable[Any]) -> list[Any]:
+        """``[f(*args) for args in zip(*iterables)]``, every entry looked up in one store call."""
+        results: list[Any] = []
+        for args, found in self._lookup_many(iterables):
+            if type(found) is _Miss:
+                outcome = compute_once(found, self.lease, functools.partial(self.func, *args))
+                results.append(self._finish(outcome))
+            else:
+                results.append(self.func(*args) if found is _UNCACHED else found)
+        return results
+
+    async def map_async(self, *iterables: Iterable[Any]) -> list[Any]:
+        """:meth:`map` for a coroutine function: the misses are awaited one after another."""
+        results: list[Any] = []
+        for args, found in self._lookup_many(iterables):
+            if type(found) is _Miss:
+                outcome = await compute_once_async(
+                    found, self.lease, functools.partial(self.func, *args)
+                )
+                results.append(self._finish(outcome))
+            else:
+                results.append((await self.func(*args)) if found is _UNCACHED else found)
+        return results
+
+    def _lookup_many(self, iterables: tuple[Iterable[Any], ...]) -> list[tuple[Any, Any]]:
+        """Each call's arguments and what :meth:`_lookup` would give, read in one store call."""
+        calls = [(args, self._key_or_none(args, {})) for args in zip(*iterables, strict=False)]
+        keys = [call.key for _, call in calls if call is not None]
+        if not keys:
+            return [(args, _UNCACHED) for args, _ in calls]
+        cache = self._cache or get_cache()
+        releases = claims.releases
+        generation, entries = cache.entries.read_tagged_many(
+            self.keys.generation_key, keys, function_fingerprint
+        )
+        found_by_key = dict(zip(keys, entries, strict=True))
+        looked_up: list[tuple[Any, Any]] = []
+        for args, call in calls:
+            if call is None:
+                looked_up.append((args, _UNCACHED))
+                continue
+            found = found_by_key[call.key]
+            if isinstance(found, Entry):
+                with self._stats_lock:
+                    self._hits += 1
+                    self._saved += found.duration or 0.0
+                looked_up.append((args, found.value))
+                continue
+            miss = _Miss(self, cache, call, generation, found, releases)
+            looked_up.append((args, _UNCACHED if self._computing_already(miss) else miss))
+        return looked_up
 
     def cache(self) -> Cache:
         """The cache this function uses now."""
-        if self._cache is not None:
-            return self._cache
-        from nbcache.config import get_cache
-
-        return get_cache()
+        return self._cache or get_cache()
 
     def _key_or_none(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallKey | None:
         try:
             return self.call_key(args, kwargs)
-        except UnhashableArgument as problem:
+        except Exception as problem:
+            self._no_key(problem)
+            return None
+
+    def _no_key(self, problem: Exception) -> None:
+        """Say (once) why a call runs uncached."""
+        if isinstance(problem, UnhashableArgument):
             self._warn_once(
                 ("argument", problem.argument, problem.type_name),
                 "nbcache: %s() runs uncached: %s",
                 self.name,
                 problem,
             )
-        except TypeError as problem:  # arguments that do not fit: let the call say so
-            if isinstance(problem, UnhashableValue):
-                self._warn_once(("code",), "nbcache: %s() runs uncached: %s", self.name, problem)
-            else:
-                log.debug("nbcache: %s(): %s", self.name, problem)
-        except Exception as problem:
+        elif isinstance(problem, UnhashableValue):
+            self._warn_once(("code",), "nbcache: %s() runs uncached: %s", self.name, problem)
+        elif isinstance(problem, TypeError):  # arguments that do not fit: the call says so
+            log.debug("nbcache: %s(): %s", self.name, problem)
+        else:
             self._warn_once(
                 ("key",), "nbcache: %s() runs uncached: no key (%r)", self.name, problem
             )
-        return None
 
     def call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallKey:
         """The key and key material of one call (raises when it has none)."""
@@ -347,20 +425,11 @@ class CachedFunction:
     def _global_labels(snapshot: CodeSnapshot) -> list[str]:
         return [global_input.label for global_input in snapshot.global_inputs]
 
-    def _read(self, cache: Cache, call: CallKey) -> _Hit | NoValue:
-        # The generation is a raw token read in the same round trip: only the entry is
-        # opened (and MAC-checked), and its signed tag must name the current generation.
-        generation, (entry,) = cache.entries.get_token_and_entries(
-            self.keys.generation_key, [call.key], function_fingerprint
-        )
-        if isinstance(entry, NoValue) or generation is None or entry.tag != generation:
-            return NO_VALUE
-        return _Hit(entry.value, entry.duration)
-
-    def _computing_already(self, call: CallKey) -> bool:
-        """True (after one warning) if this thread or task is computing ``call`` already: the
-        function calls itself with arguments of the same key (some of them ignored, say)."""
-        if self.keys.lease_key(call.key) not in _computing.get():
+    def _computing_already(self, miss: _Miss) -> bool:
+        """True (after one warning) if this thread or task is computing the missed key
+        already: the function calls itself with arguments of the same key (some of them
+        ignored, say). Waiting for the result would wait on itself."""
+        if not computing_already(miss.claim_key):
             return False
         self._warn_once(
             ("recursion",),
@@ -370,43 +439,31 @@ class CachedFunction:
         )
         return True
 
-    def _compute(
-        self, cache: Cache, call: CallKey, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> _Computed:
-        marked = _computing.set(_computing.get() | {self.keys.lease_key(call.key)})
-        try:
-            started = time.perf_counter()
-            value = self.func(*args, **kwargs)
-        finally:
-            _computing.reset(marked)
-        self._store(cache, call, value, time.perf_counter() - started)
-        return _Computed(value)
-
-    def _count(self, found: _Hit | _Computed | NoValue) -> Any:
-        assert not isinstance(found, NoValue)
-        with self._stats_lock:
-            if isinstance(found, _Hit):
-                self._hits += 1
-                self._saved += found.duration or 0.0
-            else:
-                self._misses += 1
-        return found.value
-
     # -- storing --------------------------------------------------------------------------
 
-    def _store(self, cache: Cache, call: CallKey, value: Any, duration: float) -> None:
+    def _store(
+        self, cache: Cache, call: CallKey, value: Any, duration: float, generation: str | None
+    ) -> bool:
+        """Store a computed value under the generation read before computing.
+
+        That generation, not the one current now: a value computed across a ``cache_clear()``
+        must not hit after it. True if stored under ``call``'s own key (a run that changed
+        globals it reads stores under its key without them: see :meth:`_state`).
+        """
+        entries = cache.entries
         try:
-            call = self._without_state_changed_by_run(call)
-            generation = cache.entries.current_token(self.keys.generation_key)
-            if generation is None:
-                return
-            meta = self._meta(call, generation)
-            cache.entries.set(
-                call.key,
+            stored_call = self._without_state_changed_by_run(call)
+            if not is_token(generation):
+                # Missing (the first call ever) or not a token (planted, corrupt): a fresh one.
+                generation = entries.current_token(self.keys.generation_key)
+                if generation is None:
+                    return False
+            assert generation is not None
+            stored = entries.set(
+                stored_call.key,
                 value,
                 self.timeout,
                 duration=duration,
-                meta=meta,
                 tag=generation,
                 code_fingerprint=function_fingerprint,
             )
@@ -418,34 +475,56 @@ class CachedFunction:
                 problem.type_name,
                 problem.reason,
             )
-            return
+            return False
         except Exception as problem:  # never break a computation that succeeded
             log.warning("nbcache: could not store %s()'s result: %r", self.name, problem)
-            return
+            return False
+        if stored:
+            self._record(cache, stored_call, generation)
+        return stored and stored_call.key == call.key
+
+    def _record(self, cache: Cache, call: CallKey, generation: str) -> None:
+        """Hand the stored entry's record to the record book (explanations)."""
         try:
+            own, helpers = self._own_code_and_helpers(call)
             now = time.time()
             timeout = cache.default_timeout if self.timeout is None else self.timeout
             expires = None if timeout == 0 else now + timeout
-            records = cache.get(self.keys.records_key)
-            updated = remember(
-                records if isinstance(records, dict) else None, call.key, meta, expires, now
-            )
-            cache.set(self.keys.records_key, updated, 0)
+            material = (call, generation, own, helpers, expires, now)
+            book.add(self._records_shelf(cache.entries), _new_record(Record, material))
         except Exception as problem:  # explanations are a convenience
             log.debug("nbcache: could not record %s()'s entry: %r", self.name, problem)
 
-    def _meta(self, call: CallKey, generation: str) -> dict[str, Any]:
+    def _records_shelf(self, entries: EntryStore) -> Shelf:
+        known = self._shelf
+        if known is not None and known[0] is entries:
+            return known[1]
+        shared = not getattr(entries.store, "process_local", False)
+        shelf = book.shelf(entries, self.keys.records_key, shared)
+        self._shelf = (entries, shelf)
+        return shelf
+
+    def _own_code_and_helpers(self, call: CallKey) -> tuple[str, dict[str, str]]:
+        """The digest of the function's own code and each helper's fingerprint, by name.
+
+        Computed once per version of the code (the fingerprint that keyed ``call``).
+        """
+        cached = self._code_parts
+        if cached is not None and cached[0] == call.code:
+            return cached[1], cached[2]
         func = self.func
         own = (
             value_digest((code_token(func.__code__), func.__defaults__, func.__kwdefaults__))
             if hasattr(func, "__code__")
             else call.code
         )
-        parts = self.memo.current().parts()
         module = getattr(func, "__module__", None) or ""
         own_names = {func.__qualname__, f"{module}.{func.__qualname__}"}
+        snapshot = self.memo.current()
+        parts = snapshot.parts()
         helpers = {name: digest for name, digest in parts.items() if name not in own_names}
-        return entry_meta(call, generation, own, helpers)
+        self._code_parts = (snapshot.fingerprint, own, helpers)
+        return own, helpers
 
     # -- the wrapper's API ----------------------------------------------------------------
 
@@ -478,16 +557,26 @@ class CachedFunction:
         return "; ".join([reason, *(self._state_note(label) for label in state)])
 
     def _explain(self, cache: Cache, call: CallKey) -> str:
-        generation, (entry, records) = cache.entries.get_token_and_entries(
-            self.keys.generation_key, [call.key, self.keys.records_key]
+        records_key = self.keys.records_key
+        slots = record_slot_keys(records_key)
+        generation, (entry, *stored) = cache.entries.get_token_and_entries(
+            self.keys.generation_key, [call.key, *slots], function_fingerprint
         )
-        return explain(
-            call,
-            generation,
-            entry,
-            records.value if not isinstance(records, NoValue) else None,
-            lambda: self._meta(call, ""),
-        )
+        records: dict[str, dict[str, Any]] = {}
+        for slot in stored:
+            record = None if isinstance(slot, NoValue) else slot.value
+            if isinstance(record, dict) and isinstance(record.get("key"), str):
+                records[record["key"]] = record
+        for mine in book.recent(cache.entries, records_key):
+            known = records.get(mine.call.key)
+            if known is None or known.get("stored", 0) <= mine.stored:
+                records[mine.call.key] = mine.as_dict()
+
+        def current_meta() -> dict[str, Any]:
+            own, helpers = self._own_code_and_helpers(call)
+            return entry_meta(call, "", own, helpers)
+
+        return explain(call, generation, entry, records or None, current_meta)
 
     def _log_miss(self, cache: Cache, call: CallKey) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -505,3 +594,65 @@ class CachedFunction:
             return
         self._warned.add(what)
         log.log(level, message, *args)
+
+
+class _Uncached:
+    """What a lookup gives when the call has no key: run the function, store nothing."""
+
+
+_UNCACHED = _Uncached()
+# Builds a Record from a tuple in C: every stored miss makes one.
+_new_record = tuple.__new__
+
+
+class _Miss:
+    """One missed call: what the stampede protocol reads, checks and stores (a MissTarget)."""
+
+    __slots__ = (
+        "cache",
+        "call",
+        "claim_key",
+        "function",
+        "generation",
+        "key",
+        "releases",
+        "seen",
+        "store",
+    )
+
+    def __init__(
+        self,
+        function: CachedFunction,
+        cache: Cache,
+        call: CallKey,
+        generation: str | None,
+        seen: Held | NoValue,
+        releases: int,
+    ) -> None:
+        self.function = function
+        self.cache = cache
+        self.call = call
+        self.key = call.key
+        #: The generation the last read saw: the one a computed value is stored under.
+        self.generation = generation
+        #: What the caller's read found, and the count of claim releases before it.
+        self.seen = seen
+        self.releases = releases
+        entries = cache.entries
+        self.claim_key: Hashable = (id(entries), call.key)
+        self.store: ByteStore | None = (
+            None if getattr(entries.store, "process_local", False) else entries.store
+        )
+
+    def read(self) -> Entry | Held | NoValue:
+        generation, found = self.cache.entries.read_tagged(
+            self.function.keys.generation_key, self.call.key
+        )
+        self.generation = generation
+        return found
+
+    def live(self, raw: Buffer) -> bool:
+        return self.cache.entries.holds_tagged(self.call.key, raw, self.generation)
+
+    def store_result(self, value: Any, seconds: float) -> bool:
+        return self.function._store(self.cache, self.call, value, seconds, self.generation)

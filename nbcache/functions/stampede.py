@@ -1,46 +1,50 @@
 """Stampede protection: when many callers miss one key at once, one computes, the others wait.
 
-Across processes (kernels sharing memcached) the computing caller holds a *lease*: a small
-key next to the entry, created with the store's atomic ``add``, living ``lease`` seconds (plus
-:data:`STORE_CLOCK_STEP`) on the server. Its value is a *lease record*: a random token naming
-the holder, then a heartbeat counter. While it computes, a daemon heartbeat thread renews the
-lease every third of that time (``gets``, compare the token, ``cas`` the record with the
-counter one higher), so an hour-long computation keeps it. A holder that dies stops renewing,
-so a dead holder blocks no one for longer than ``lease`` seconds plus one poll: its lease
-expires and the next waiter takes it, or a waiter sees the record stand still (below). A
-holder releases only its own lease: ``gets``, compare the token, then ``cas`` a short-lived
-tombstone over it, which a waiter may replace at once.
+Within one process the callers of a key queue on a claim (:mod:`nbcache.functions.claims`):
+the first computes, threads wait for its release, coroutines poll. That is all an in-process
+store needs: nothing outside the process shares it, so a miss there writes nothing but its
+entry.
 
-Anyone who can write to memcached can also plant bytes under a lease key, with no expiry. A
-waiter therefore never trusts the server's expiry alone: it watches the record it sees, and
-stops waiting when the record is not a lease record at all, or when its heartbeat has not
-moved for longer than ``lease`` seconds by the waiter's own monotonic clock. It then computes
-itself, unprotected, after one warning naming the key.
+A shared store (memcached) needs more: across processes the one caller that holds the claim
+in its process also takes the key's *lease* in the store (:mod:`nbcache.entries.leases`): a
+lease record under the entry's own key, taken with one ``add``, replaced by the entry when the
+computation ends. Other processes find the record where they look for the entry and wait,
+polling the key with a backoff from 5 ms up to 0.5 s. A computation that outlives a third of
+its lease has it renewed by the process's one background timer
+(:mod:`nbcache.functions.timer`), which renews every live lease of the process; a lease whose
+computation ended, raised or was abandoned is renewed no more. A holder that dies stops
+renewing, so a dead holder blocks no one for longer than ``lease`` seconds plus one poll.
 
-Waiters poll the entry with a backoff from 5 ms up to 0.5 s, and try to take the lease on
-each poll. A caller that takes the lease reads the entry once more before computing: the holder
-before it may have stored its result and let the lease go between its miss and its claim. A
-holder whose computation raises releases the lease without storing anything; the next waiter
-then computes itself (and sees the exception itself if it happens again).
+Anyone who can write to memcached can also plant bytes under a key, with no expiry. A waiter
+therefore never trusts the server's expiry alone: it watches the record it sees
+(:class:`HolderWatch`) and stops waiting when its heartbeat has not moved for longer than
+``lease`` seconds by the waiter's own clock, or when the key holds something unreadable. It
+then takes the key over and computes, after one warning naming the key. A holder whose
+computation raises releases the lease without storing anything; the next waiter computes
+itself (and sees the exception itself if it happens again). While a caller computes a key, the
+key is marked in its context (its thread, or its asyncio task): :func:`computing_already`
+tells a computation that calls itself with the same key, which must not wait for itself.
 
-Within one process, threads missing the same key also queue on a per-key lock, so only one
-of them polls the store. Coroutines do not take that lock (it would block the event loop);
-they poll with ``asyncio.sleep``.
-
-Store faults never raise from here: a caller that cannot reach the store computes at once.
+The protocol is written once, as a generator of *steps* (:func:`compute_once_steps`): it
+yields :data:`COMPUTE` when the computation must run and :class:`Wait` when it must wait, and
+returns what it found or computed. :func:`run` drives it on a thread, :func:`run_async` in a
+coroutine. Store faults never raise from here: a caller that cannot reach the store computes
+at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Generator, Hashable
+from contextvars import ContextVar
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
+from nbcache.entries.leases import Held, Lease, acquire, is_lease_record, take_over
+from nbcache.functions.claims import claims
+from nbcache.functions.timer import shared_timer
 from nbcache.stores.api import Buffer, ByteStore, NoValue
 
 log = logging.getLogger(__name__)
@@ -50,146 +54,190 @@ DEFAULT_LEASE = 30.0
 FIRST_POLL = 0.005
 MAX_POLL = 0.5
 _BACKOFF = 1.6
-#: Added to the lease's ttl on the server. memcached counts time in whole seconds: an item
-#: stored for n seconds lives between n - 1 and n, so a 1 s lease would die before its first
-#: renewal. Waiters still give a silent holder only ``lease`` seconds (see HolderWatch).
-STORE_CLOCK_STEP = 1.0
-_TOMBSTONE = b"released"
-_TOMBSTONE_TTL = 2.0
-_TOKEN_PREFIX = b"lease:"
-_TOKEN_BYTES = len(_TOKEN_PREFIX) + 16
-_BEAT_BYTES = 8
-_BEAT_MODULUS = 1 << (8 * _BEAT_BYTES)
-#: Polls in a row on which a lease key held something the store could not read (not a race
-#: between an expiry and another caller's ``add``, which the next poll would resolve).
+#: A lease is renewed once its computation has held it for this part of its life.
+RENEW_AFTER = 1 / 3
+#: Reads in a row on which a key held something a lease could not be taken over (not a race
+#: between an expiry and another caller's ``add``, which the next read would resolve).
 _UNREADABLE_POLLS = 3
 
-_T = TypeVar("_T")
+#: The claim keys this thread (or asyncio task) is computing now.
+_computing: ContextVar[frozenset[Hashable]] = ContextVar("nbcache_computing", default=frozenset())
+
 _Found = TypeVar("_Found")
-
-#: What a waiter saw under a lease key it could not take: the record, or None if unreadable.
-Seen = bytes | None
-
-
-def lease_record(token: bytes, beat: int) -> bytes:
-    """The value of a lease: the holder's token, then its heartbeat counter."""
-    return token + (beat % _BEAT_MODULUS).to_bytes(_BEAT_BYTES, "little")
+_Found_co = TypeVar("_Found_co", covariant=True)
+_T = TypeVar("_T")
 
 
-def is_lease_record(value: bytes) -> bool:
-    """True if ``value`` has the shape of :func:`lease_record` (or is the release tombstone)."""
-    if value == _TOMBSTONE:
-        return True
-    return len(value) == _TOKEN_BYTES + _BEAT_BYTES and value.startswith(_TOKEN_PREFIX)
+class Wait(NamedTuple):
+    """A step: wait ``seconds``; a thread waits less if ``holder`` (of ``claim_key``) lets go
+    of its claim meanwhile."""
+
+    seconds: float
+    claim_key: Hashable = None
+    holder: object = None
 
 
-class Lease:
-    """A lease this process holds on one key, renewed by a heartbeat thread until released."""
-
-    def __init__(self, store: ByteStore, key: str, token: bytes, seconds: float) -> None:
-        self.store = store
-        self.key = key
-        self.token = token
-        self.seconds = seconds
-        self._beats = 0
-        self._stop = threading.Event()
-        self._heartbeat = threading.Thread(
-            target=self._beat, name=f"nbcache-lease-{key[-12:]}", daemon=True
-        )
-        self._heartbeat.start()
-
-    @classmethod
-    def try_acquire(cls, store: ByteStore, key: str, seconds: float) -> Lease | Seen:
-        """The lease if nobody holds it, else what the key holds. Store faults propagate."""
-        token = _TOKEN_PREFIX + os.urandom(_TOKEN_BYTES - len(_TOKEN_PREFIX))
-        first = [lease_record(token, 0)]
-        ttl = seconds + STORE_CLOCK_STEP
-        if store.add(key, first, ttl):
-            return cls(store, key, token, seconds)
-        current, cas_token = store.gets(key)
-        if isinstance(current, NoValue):  # expired or released between add and gets
-            return cls(store, key, token, seconds) if store.add(key, first, ttl) else None
-        seen = bytes(current)
-        if seen == _TOMBSTONE and cas_token is not None and store.cas(key, first, ttl, cas_token):
-            return cls(store, key, token, seconds)
-        return seen
-
-    @classmethod
-    def take_over(cls, store: ByteStore, key: str, seconds: float, abandoned: Seen) -> Lease | None:
-        """The lease in place of an abandoned record, if the key still holds just that.
-
-        An abandoned record is one a dead or hung holder left, or one planted without expiry
-        by someone who can write to the server: replacing it spares later callers the wait.
-        Store faults propagate.
-        """
-        token = _TOKEN_PREFIX + os.urandom(_TOKEN_BYTES - len(_TOKEN_PREFIX))
-        first = [lease_record(token, 0)]
-        ttl = seconds + STORE_CLOCK_STEP
-        current, cas_token = store.gets(key)
-        if isinstance(current, NoValue):
-            return cls(store, key, token, seconds) if store.add(key, first, ttl) else None
-        if abandoned is not None and bytes(current) != abandoned:
-            return None  # changed since: someone else's now
-        if cas_token is not None and store.cas(key, first, ttl, cas_token):
-            return cls(store, key, token, seconds)
-        return None
-
-    def holds(self, current: Buffer | NoValue) -> bool:
-        """True if ``current`` (read under the lease key) is this holder's record."""
-        if isinstance(current, NoValue):
-            return False
-        record = bytes(current)
-        return is_lease_record(record) and record[:_TOKEN_BYTES] == self.token
-
-    def release(self) -> None:
-        """Stop renewing and give the lease up, if it is still this holder's."""
-        self._stop.set()
-        self._heartbeat.join(timeout=5.0)
-        try:
-            for _ in range(3):
-                current, cas_token = self.store.gets(self.key)
-                if cas_token is None or not self.holds(current):
-                    return  # expired, or taken over: that lease is someone else's
-                if self.store.cas(self.key, [_TOMBSTONE], _TOMBSTONE_TTL, cas_token):
-                    return
-        except Exception as fault:  # the lease will expire on its own
-            log.debug("nbcache: could not release lease %r: %s", self.key, fault)
-
-    def _beat(self) -> None:
-        interval = max(self.seconds / 3, 0.05)
-        while not self._stop.wait(interval):
-            try:
-                current, cas_token = self.store.gets(self.key)
-                if not self.holds(current):
-                    log.debug("nbcache: lost lease %r; computing on without it", self.key)
-                    return
-                # A new counter each time: waiters tell a live holder by its record changing.
-                record = [lease_record(self.token, self._beats + 1)]
-                if cas_token is not None and self.store.cas(
-                    self.key, record, self.seconds + STORE_CLOCK_STEP, cas_token
-                ):
-                    self._beats += 1
-            except Exception as fault:  # keep computing; try again next beat
-                log.debug("nbcache: could not renew lease %r: %s", self.key, fault)
+class _Compute:
+    def __repr__(self) -> str:
+        return "COMPUTE"
 
 
-class _Unprotected:
-    """Stands for a lease nobody can have: the store failed, or the holder is gone."""
-
-    def release(self) -> None:
-        pass
+#: A step: run the computation, then send ``(True, result)`` or ``(False, exception)``.
+COMPUTE = _Compute()
 
 
-def _claim(store: ByteStore, key: str, seconds: float) -> Lease | _Unprotected | Seen:
+class Computed(NamedTuple):
+    """The outcome of steps that computed: the computation's result."""
+
+    value: Any
+
+
+class Failed(NamedTuple):
+    """The outcome of steps whose computation raised: the drivers raise it again."""
+
+    error: BaseException
+
+
+Steps = Generator[Wait | _Compute, tuple[bool, Any], _T]
+
+
+class MissTarget(Protocol[_Found_co]):
+    """The missed key, as the steps see it.
+
+    ``claim_key`` names the key among this process's claims; ``store`` is where leases live,
+    None for a store no other process reaches; ``key`` is the key there. ``seen`` is what the
+    caller's own read found, if it read the key already (None: read first), and ``releases``
+    the count of :attr:`~nbcache.functions.claims.Claims.releases` taken before that read.
+    """
+
+    @property
+    def seen(self) -> Held | NoValue | None: ...
+
+    @property
+    def releases(self) -> int | None: ...
+
+    @property
+    def claim_key(self) -> Hashable: ...
+
+    @property
+    def store(self) -> ByteStore | None: ...
+
+    @property
+    def key(self) -> str: ...
+
+    def read(self) -> _Found_co | Held | NoValue:
+        """What the key holds now: something found, a lease record, or nothing usable."""
+        ...
+
+    def live(self, raw: Buffer) -> bool:
+        """True if ``raw``, read under the key, is something to read rather than replace."""
+        ...
+
+    def store_result(self, value: Any, seconds: float) -> bool:
+        """Store a computed value (``seconds`` it took) where :meth:`read` finds it."""
+        ...
+
+
+def compute_once_steps(
+    target: MissTarget[_Found], lease: float, owner: object
+) -> Steps[_Found | Computed | Failed]:
+    """The steps of one missed call (see the module's docstring).
+
+    ``owner`` names the caller (a thread id, an asyncio task).
+    """
+    seen, releases = target.seen, target.releases
+    if seen is None:
+        releases = claims.releases
+        found = target.read()
+        if not isinstance(found, (NoValue, Held)):
+            return found
+        seen = found
+    delay = FIRST_POLL
+    claim_key = target.claim_key
+    while True:
+        holder = claims.take(claim_key, owner)
+        if holder is owner:
+            break
+        yield Wait(delay, claim_key, holder)
+        delay = min(delay * _BACKOFF, MAX_POLL)
+        found = target.read()
+        if not isinstance(found, (NoValue, Held)):
+            return found
+        seen, releases = found, None
     try:
-        return Lease.try_acquire(store, key, seconds)
-    except Exception as fault:
-        log.debug("nbcache: no lease for %r (%s); computing unprotected", key, fault)
-        return _Unprotected()
+        if releases is not None and releases != claims.releases:
+            # Another caller may have stored the key between our read and our claim.
+            found = target.read()
+            if not isinstance(found, (NoValue, Held)):
+                return found
+            seen = found
+        lease_held: Lease | None = None
+        store = target.store
+        if store is not None:
+            outcome = yield from _lease_steps(target, store, lease, seen)
+            if isinstance(outcome, _Unprotected):
+                pass
+            elif isinstance(outcome, Lease):
+                lease_held = outcome
+            else:
+                return outcome
+        started = time.perf_counter()
+        marked = _computing.set(_computing.get() | {claim_key})
+        try:
+            ok, result = yield COMPUTE
+        finally:
+            _computing.reset(marked)
+        if not ok:
+            if lease_held is not None:
+                renewals.end(lease_held)
+                lease_held.release()
+            return Failed(result)
+        stored = target.store_result(result, time.perf_counter() - started)
+        if lease_held is not None:
+            renewals.end(lease_held)
+            if not stored:
+                lease_held.release()  # nothing replaced it: let the waiters go now
+        return Computed(result)
+    finally:
+        claims.release(claim_key, owner)
+
+
+class _Unprotected(NamedTuple):
+    """Leave to compute without a lease: the store failed, or the holder is gone."""
+
+
+def _lease_steps(
+    target: MissTarget[_Found], store: ByteStore, lease: float, seen: Held | NoValue
+) -> Generator[Wait | _Compute, Any, _Found | Lease | _Unprotected]:
+    """The steps that take the key's lease in a shared store, or find the key stored."""
+    watch = HolderWatch(target.key, lease)
+    delay = FIRST_POLL
+    while True:
+        try:
+            if isinstance(seen, Held):
+                taken: Lease | Held | None = seen
+            else:
+                taken = acquire(store, target.key, lease, target.live)
+            if isinstance(taken, Lease):
+                return renewals.start(taken)
+            record = None if taken is None else taken.record
+            if watch.gives_up(record):
+                taken = take_over(store, target.key, lease, record)
+                return _Unprotected() if taken is None else renewals.start(taken)
+        except Exception as fault:
+            log.debug("nbcache: no lease on %r (%s); computing unprotected", target.key, fault)
+            return _Unprotected()
+        if record is not None:
+            yield Wait(delay)
+            delay = min(delay * _BACKOFF, MAX_POLL)
+        found = target.read()
+        if not isinstance(found, (NoValue, Held)):
+            return found
+        seen = found
 
 
 class HolderWatch:
-    """What one waiter has seen under a lease key, to tell a live holder from none.
+    """What one waiter has seen under a key, to tell a live lease holder from none.
 
     A live holder changes its record at least every ``lease / 3`` seconds. A record unchanged
     for longer than ``lease`` seconds (by this waiter's clock) belongs to a holder that is dead
@@ -204,8 +252,12 @@ class HolderWatch:
         self._since = 0.0
         self._unreadable = 0
 
-    def gives_up(self, seen: Seen) -> bool:
-        """True (after one warning naming the key) if this waiter should stop waiting."""
+    def gives_up(self, seen: bytes | None) -> bool:
+        """True (after one warning naming the key) if this waiter should stop waiting.
+
+        ``seen`` is the record read under the key, None if what is there could be neither
+        read nor replaced.
+        """
         now = time.monotonic()
         if seen is None:
             self._unreadable += 1
@@ -224,106 +276,143 @@ class HolderWatch:
             else:
                 reason = f"its record has not changed for {now - self._since:.1f} s"
         log.warning(
-            "nbcache: stopped waiting on lease %r: %s; computing without it", self.key, reason
+            "nbcache: stopped waiting on the lease of %r: %s; computing without it",
+            self.key,
+            reason,
         )
         return True
 
 
-def _settle(
-    claimed: Lease | _Unprotected | Seen, watch: HolderWatch, store: ByteStore
-) -> Lease | _Unprotected | None:
-    """What the caller holds now: a lease, leave to compute unprotected, or nothing (wait)."""
-    if isinstance(claimed, (Lease, _Unprotected)):
-        return claimed
-    if not watch.gives_up(claimed):
-        return None
-    try:
-        taken = Lease.take_over(store, watch.key, watch.lease, claimed)
-    except Exception as fault:
-        log.debug("nbcache: could not take over lease %r (%s)", watch.key, fault)
-        taken = None
-    return taken if taken is not None else _Unprotected()
+class Renewals:
+    """The live leases of this process, renewed by the shared timer while they are held.
 
-
-class _KeyLocks:
-    """One lock per key for the threads of this process, dropped when nobody uses it."""
+    Taking a lease costs a set insertion; a lease is first renewed when its computation has
+    held it for a third of its life, so a fast computation never causes a renewal.
+    """
 
     def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._lock = threading.Lock()
+        self._live: dict[Lease, float] = {}  # lease -> when it is next due (monotonic)
+        self._scheduled: float | None = None
 
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        with self._guard:
-            lock, users = self._locks.get(key, (None, 0))
-            if lock is None:
-                lock = threading.Lock()
-            self._locks[key] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._guard:
-                lock, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
+    def start(self, lease: Lease) -> Lease:
+        """Renew ``lease`` until :meth:`end`; returns it."""
+        due = time.monotonic() + lease.seconds * RENEW_AFTER
+        with self._lock:
+            self._live[lease] = due
+            if self._scheduled is not None and self._scheduled <= due:
+                return lease
+            self._scheduled = due
+        shared_timer.call_at(due, self._renew_due)
+        return lease
+
+    def end(self, lease: Lease) -> None:
+        """Stop renewing ``lease`` (its computation ended or raised)."""
+        lease.done = True
+        with self._lock:
+            self._live.pop(lease, None)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def _renew_due(self) -> float | None:
+        now = time.monotonic()
+        with self._lock:
+            due = [lease for lease, when in self._live.items() if when <= now]
+        for lease in due:
+            try:
+                kept = lease.renew()
+            except Exception as fault:  # keep computing; try again next time
+                log.debug("nbcache: could not renew the lease on %r: %s", lease.key, fault)
+                kept = True
+            with self._lock:
+                if lease in self._live:
+                    if kept:
+                        self._live[lease] = now + lease.seconds * RENEW_AFTER
+                    else:
+                        log.debug("nbcache: lost the lease on %r; computing on", lease.key)
+                        del self._live[lease]
+        with self._lock:
+            # Only one renewal job is ever pending: this one decides the next, if any.
+            self._scheduled = min(self._live.values(), default=None)
+            return self._scheduled
+
+
+renewals = Renewals()
+
+
+def run(steps: Steps[_T | Failed], compute: Callable[[], Any]) -> _T:
+    """Drive ``steps`` on this thread: ``compute()`` runs the computation, waits block."""
+    try:
+        request = next(steps)
+        while True:
+            if request is COMPUTE:
+                try:
+                    outcome: tuple[bool, Any] = (True, compute())
+                except BaseException as error:  # the steps release what they hold, then re-raise
+                    outcome = (False, error)
+                request = steps.send(outcome)
+            else:
+                assert isinstance(request, Wait)
+                if request.holder is not None:
+                    claims.event(request.claim_key, request.holder).wait(request.seconds)
                 else:
-                    self._locks[key] = (lock, users - 1)
+                    time.sleep(request.seconds)
+                request = next(steps)
+    except StopIteration as stop:
+        result = stop.value
+    finally:
+        steps.close()
+    if isinstance(result, Failed):
+        raise result.error
+    return result  # type: ignore[no-any-return]
 
 
-_key_locks = _KeyLocks()
+async def run_async(steps: Steps[_T | Failed], compute: Callable[[], Awaitable[Any]]) -> _T:
+    """Drive ``steps`` in a coroutine: the computation is awaited, waits sleep the coroutine."""
+    try:
+        request = next(steps)
+        while True:
+            if request is COMPUTE:
+                try:
+                    outcome: tuple[bool, Any] = (True, await compute())
+                except BaseException as error:  # cancellation included: the steps clean up
+                    outcome = (False, error)
+                request = steps.send(outcome)
+            else:
+                assert isinstance(request, Wait)
+                await asyncio.sleep(request.seconds)
+                request = next(steps)
+    except StopIteration as stop:
+        result = stop.value
+    finally:
+        steps.close()
+    if isinstance(result, Failed):
+        raise result.error
+    return result  # type: ignore[no-any-return]
+
+
+def computing_already(claim_key: Hashable) -> bool:
+    """True if this thread (or asyncio task) is computing ``claim_key`` now, further up its
+    own stack."""
+    return claim_key in _computing.get()
 
 
 def compute_once(
-    store: ByteStore,
-    lease_key: str,
-    lease: float,
-    read: Callable[[], _Found | NoValue],
-    compute: Callable[[], _T],
-) -> _Found | _T:
-    """``read()`` if it finds something, else ``compute()`` by one caller at a time.
+    target: MissTarget[_Found], lease: float, compute: Callable[[], Any]
+) -> _Found | Computed:
+    """What ``target`` holds, or ``compute()`` run (and stored) by one caller at a time.
 
-    ``compute`` must store its result where ``read`` finds it. Returns what ``read`` found
-    (after waiting for another holder) or what ``compute`` returned.
+    Returns what :meth:`MissTarget.read` found, possibly after waiting for another caller,
+    or :class:`Computed`.
     """
-    with _key_locks.hold(lease_key):
-        delay = FIRST_POLL
-        watch = HolderWatch(lease_key, lease)
-        while True:
-            found = read()
-            if not isinstance(found, NoValue):
-                return found
-            claimed = _settle(_claim(store, lease_key, lease), watch, store)
-            if claimed is not None:
-                try:
-                    found = read()  # the last holder may have stored and let go since
-                    return found if not isinstance(found, NoValue) else compute()
-                finally:
-                    claimed.release()
-            time.sleep(delay)
-            delay = min(delay * _BACKOFF, MAX_POLL)
+    steps = compute_once_steps(target, lease, threading.get_ident())
+    return cast("_Found | Computed", run(steps, compute))
 
 
 async def compute_once_async(
-    store: ByteStore,
-    lease_key: str,
-    lease: float,
-    read: Callable[[], _Found | NoValue],
-    compute: Callable[[], Awaitable[_T]],
-) -> _Found | _T:
-    """:func:`compute_once` for coroutines: waits with ``asyncio.sleep``."""
-    delay = FIRST_POLL
-    watch = HolderWatch(lease_key, lease)
-    while True:
-        found = read()
-        if not isinstance(found, NoValue):
-            return found
-        claimed = _settle(_claim(store, lease_key, lease), watch, store)
-        if claimed is not None:
-            try:
-                found = read()  # the last holder may have stored and let go since
-                return found if not isinstance(found, NoValue) else await compute()
-            finally:
-                claimed.release()
-        await asyncio.sleep(delay)
-        delay = min(delay * _BACKOFF, MAX_POLL)
+    target: MissTarget[_Found], lease: float, compute: Callable[[], Awaitable[Any]]
+) -> _Found | Computed:
+    """:func:`compute_once` for coroutines: waits sleep the coroutine, not the thread."""
+    steps = compute_once_steps(target, lease, asyncio.current_task() or object())
+    return cast("_Found | Computed", await run_async(steps, compute))

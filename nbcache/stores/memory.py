@@ -12,12 +12,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from nbcache.stores import buffers as aligned
 from nbcache.stores import settings
-from nbcache.stores.api import NO_VALUE, Buffer, CasToken, NoValue, byte_view, total_size
+from nbcache.stores.api import NO_VALUE, Buffer, CasToken, NoValue, byte_view
 
 log = logging.getLogger(__name__)
 
@@ -177,20 +176,20 @@ def _seal(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, flags)
 
 
-@dataclass
-class _Item:
-    data: bytearray | MemoryFile
+class _Item(NamedTuple):
+    data: bytes | bytearray | MemoryFile
     size: int
     expires: float | None  # time.monotonic() deadline
     version: int
 
     def copy_out(self) -> Buffer:
-        """The caller's own writable copy of the value (aligned if big)."""
-        if isinstance(self.data, MemoryFile):
-            return self.data.view()
-        if self.size >= aligned.BIG:
-            return aligned.copy_aligned(memoryview(self.data))
-        return bytearray(self.data)
+        """What a reader gets: the value itself if immutable, else its own writable copy."""
+        data = self.data
+        if type(data) is bytes:
+            return data  # small and immutable: nobody can change it through this
+        if isinstance(data, MemoryFile):
+            return data.view()
+        return aligned.copy_aligned(memoryview(data))
 
     def release(self) -> None:
         if isinstance(self.data, MemoryFile):
@@ -203,14 +202,21 @@ class MemoryStore:
     Past ``threshold`` items or ``max_bytes`` bytes, expired items go first, then the least
     recently used. A value larger than ``max_bytes`` on its own is not stored (``set`` returns
     False). Values are copied in on ``set``: the caller may change its buffers afterwards.
-    What ``get`` returns is the caller's own writable memory, 64-byte aligned for a big value:
-    a copy for a small value; for one of :data:`MAPPED_SIZE` or more (on Linux) a
-    copy-on-write mapping of the :class:`MemoryFile` it is kept in, so a hit costs a mapping,
-    not a copy, and the caller's writes never reach the store. Such a value holds one file
-    descriptor while stored, within a per-process budget (a quarter of the descriptor limit,
-    at most :data:`MAX_MEMORY_FILES`); past it, big values are kept as plain memory and each
-    hit copies them.
+    What ``get`` returns can never change what is stored: a small value (under
+    :data:`~nbcache.stores.buffers.BIG`) is the stored ``bytes`` object itself, immutable, so
+    a small hit copies nothing; a big one is the caller's own writable memory, 64-byte
+    aligned: a copy, or for a value of :data:`MAPPED_SIZE` or more (on Linux) a copy-on-write
+    mapping of the :class:`MemoryFile` it is kept in, so a hit costs a mapping, not a copy,
+    and the caller's writes never reach the store. Such a value holds one file descriptor
+    while stored, within a per-process budget (a quarter of the descriptor limit, at most
+    :data:`MAX_MEMORY_FILES`); past it, big values are kept as plain memory and each hit
+    copies them.
+
+    Nothing outside this process can reach it (``process_local``).
     """
+
+    #: No other process reads or writes this store: stampede protection needs no leases in it.
+    process_local = True
 
     def __init__(self, threshold: int = 500, max_bytes: int | None = None) -> None:
         self.threshold = settings.count("threshold", threshold, 1)
@@ -229,17 +235,35 @@ class MemoryStore:
         return len(self._items)
 
     def get(self, key: str) -> Buffer | NoValue:
-        with self._lock:
-            item = self._live(key)
-            if item is None:
-                return NO_VALUE
-            self._items.move_to_end(key)
-            if isinstance(item.data, MemoryFile):
-                return item.data.view()  # under the lock: an eviction closes the file
-        return item.copy_out()  # copied outside the lock: items are never mutated in place
+        return self.get_many((key,))[0]
 
     def get_many(self, keys: Sequence[str]) -> list[Buffer | NoValue]:
-        return [self.get(key) for key in keys]
+        found: list[Buffer | NoValue] = []
+        copies: list[tuple[int, _Item]] = []
+        with self._lock:
+            items = self._items
+            now = time.monotonic()
+            for key in keys:
+                item = items.get(key)
+                if item is None:
+                    found.append(NO_VALUE)
+                    continue
+                if item.expires is not None and item.expires <= now:
+                    self._drop(key)
+                    found.append(NO_VALUE)
+                    continue
+                items.move_to_end(key)
+                data = item.data
+                if type(data) is bytes:
+                    found.append(data)
+                elif isinstance(data, MemoryFile):
+                    found.append(data.view())  # under the lock: an eviction closes the file
+                else:
+                    copies.append((len(found), item))
+                    found.append(NO_VALUE)
+        for position, item in copies:
+            found[position] = item.copy_out()  # outside the lock: never mutated in place
+        return found
 
     def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         data = _copy(value)
@@ -303,8 +327,8 @@ class MemoryStore:
             self._bytes -= item.size
             item.release()  # mappings handed out stay valid
 
-    def _put(self, key: str, data: bytearray | MemoryFile, ttl: float | None) -> bool:
-        size = len(data) if isinstance(data, bytearray) else data.size
+    def _put(self, key: str, data: bytes | bytearray | MemoryFile, ttl: float | None) -> bool:
+        size = data.size if isinstance(data, MemoryFile) else len(data)
         if self.max_bytes is not None and size > self.max_bytes:
             log.debug("nbcache: not storing %r: %d bytes > max_bytes=%d", key, size, self.max_bytes)
             self._drop(key)  # the old value must not outlive a newer write that didn't fit
@@ -314,9 +338,12 @@ class MemoryStore:
         self._drop(key)
         self._versions += 1
         expires = None if ttl is None else time.monotonic() + ttl
-        self._items[key] = _Item(data, size, expires, self._versions)
+        self._items[key] = _new_item(_Item, (data, size, expires, self._versions))
         self._bytes += size
-        self._prune()
+        if len(self._items) > self.threshold or (
+            self.max_bytes is not None and self._bytes > self.max_bytes
+        ):
+            self._prune()
         return True
 
     def _over(self) -> bool:
@@ -324,8 +351,6 @@ class MemoryStore:
         return too_many or (self.max_bytes is not None and self._bytes > self.max_bytes)
 
     def _prune(self) -> None:
-        if not self._over():
-            return
         now = time.monotonic()
         expired = [k for k, item in self._items.items() if item.expires and item.expires <= now]
         for key in expired:
@@ -335,9 +360,21 @@ class MemoryStore:
             self._drop(oldest)
 
 
-def _copy(value: Sequence[Buffer]) -> bytearray | MemoryFile:
-    """The store's own copy of the concatenated buffers: a memory file if big and possible."""
-    size = total_size(value)
+# Builds an _Item from a tuple in C: every write makes one.
+_new_item = tuple.__new__
+
+
+def _copy(value: Sequence[Buffer]) -> bytes | bytearray | MemoryFile:
+    """The store's own copy of the concatenated buffers.
+
+    ``bytes`` for a small value (immutable: handed out as it is), a memory file for a big one
+    where possible, else a ``bytearray`` (copied out aligned on each read).
+    """
+    size = 0
+    for part in value:
+        size += len(part) if type(part) is bytes else memoryview(part).nbytes
+    if size < aligned.BIG:
+        return b"".join(value)
     if size >= MAPPED_SIZE and _CAN_MAP_FILES:
         try:
             return MemoryFile(value, size)

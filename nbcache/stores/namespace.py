@@ -18,11 +18,17 @@ The generation lives on one server. So that one dead server only costs its own k
 that cannot reach the generation's server goes on with the last generation it read there: only
 a ``clear()`` changes it, and a ``clear()`` needs that same server. (A client cut off from that
 server while others still reach it would miss their clears until it reconnects.)
+
+A write goes under the generation read less than :data:`FRESH_FOR` seconds ago, if any, without
+reading it again: a missed read is followed by its write at once, and that round trip is
+saved. A clear by another process in between only makes that write a miss for everyone, as if
+it had happened just before the clear.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import cast
 
@@ -40,6 +46,8 @@ from nbcache.stores.api import (
 from nbcache.stores.tokens import create_or_read_token
 
 GENERATION_BYTES = 8
+#: Seconds a generation read from the server is used for writes without reading it again.
+FRESH_FOR = 1.0
 
 
 class NamespacedStore:
@@ -61,8 +69,10 @@ class NamespacedStore:
         self._prefix = f"{len(namespace)}:{namespace}:"
         # '#' where data keys have ':' after the namespace: no data key equals it.
         self.generation_key = f"{len(namespace)}:{namespace}#generation"
-        # The last generation read from the server: used only while that server is unreachable.
+        # The last generation read from the server, and when (monotonic): used for writes
+        # while fresh, and while that server is unreachable.
         self._last_seen: bytes | None = None
+        self._seen_at = 0.0
 
     @property
     def max_item_size(self) -> int | None:
@@ -81,14 +91,22 @@ class NamespacedStore:
 
     def get_many(self, keys: Sequence[str]) -> list[Buffer | NoValue]:
         """Values in the order of ``keys``, read with the generation in one round trip."""
-        generation, *records = self.inner.get_many(
-            [self.generation_key, *(self._prefix + key for key in keys)]
-        )
+        prefix = self._prefix
+        inner_keys = [self.generation_key]
+        inner_keys += [prefix + key for key in keys]
+        generation, *records = self.inner.get_many(inner_keys)
         current = self._generation_read(generation)
         if current is None:
             return [NO_VALUE] * len(keys)
-        # Records read whole give values read whole.
-        return [cast(Buffer | NoValue, self._current_value(r, current)) for r in records]
+        values: list[Buffer | NoValue] = []
+        for record in records:
+            if isinstance(record, NoValue):
+                values.append(NO_VALUE)
+                continue
+            view = byte_view(record)
+            end = view.nbytes - GENERATION_BYTES
+            values.append(view[:end] if end >= 0 and view[end:] == current else NO_VALUE)
+        return values
 
     def _generation_read(self, raw: Buffer | NoValue) -> bytes | None:
         """The current generation, given what a read found under its key; None: none."""
@@ -102,8 +120,12 @@ class NamespacedStore:
 
     def _token(self, raw: Buffer | NoValue) -> bytes | None:
         if isinstance(raw, NoValue) or memoryview(raw).nbytes != GENERATION_BYTES:
-            return None  # missing, or not a token (planted, corrupt): nothing is current
+            # Missing, or not a token (planted, corrupt): nothing is current, and the next
+            # write must make a generation, not reuse the last one seen.
+            self._seen_at = 0.0
+            return None
         self._last_seen = token = bytes(raw)
+        self._seen_at = time.monotonic()
         return token
 
     def gets(self, key: str) -> tuple[Buffer | NoValue, CasToken | None]:
@@ -156,6 +178,8 @@ class NamespacedStore:
 
     def current_generation(self) -> bytes | None:
         """The generation new writes go under, created if missing; None if it cannot be had."""
+        if self._last_seen is not None and time.monotonic() - self._seen_at < FRESH_FOR:
+            return self._last_seen
         try:
             current = create_or_read_token(
                 self.inner, self.generation_key, self._token, lambda: os.urandom(GENERATION_BYTES)
@@ -165,7 +189,7 @@ class NamespacedStore:
                 raise
             return self._last_seen
         if current is not None:
-            self._last_seen = current
+            self._last_seen, self._seen_at = current, time.monotonic()
         return current
 
     def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
@@ -226,7 +250,7 @@ class NamespacedStore:
         fresh = os.urandom(GENERATION_BYTES)
         cleared = self.inner.set(self.generation_key, [fresh], None)
         if cleared:
-            self._last_seen = fresh
+            self._last_seen, self._seen_at = fresh, time.monotonic()
         return cleared
 
     def close(self) -> None:

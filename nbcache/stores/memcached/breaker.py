@@ -65,6 +65,8 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """True if the caller may call the server now (and must then report the outcome)."""
+        if self.state == "closed":  # the usual case, read without the lock: one attribute
+            return True
         with self._lock:
             if self._state == "closed":
                 return True
@@ -77,6 +79,8 @@ class CircuitBreaker:
 
     def succeeded(self) -> bool:
         """Record a call that reached the server. True if this ends an outage."""
+        if self.state == "closed" and self._cooldown == self.base_cooldown:
+            return False  # nothing to change: the usual case, without the lock
         with self._lock:
             recovered = self._state != "closed"
             self._state = "closed"

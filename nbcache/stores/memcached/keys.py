@@ -22,6 +22,20 @@ MAX_READABLE_LENGTH: Final = MAX_KEY_BYTES - len(READABLE_MARKER)
 
 # Printable ASCII without space: exactly the bytes memcached accepts that need no escaping.
 _READABLE = re.compile(r"[\x21-\x7e]*")
+#: Keys mapped recently (a hit maps three: two generations and the entry's key), as bytes.
+_REMEMBERED = 4096
+_remembered: dict[str, bytes] = {}
+
+
+def memcached_name(key: str) -> bytes:
+    """:func:`memcached_key` as the bytes sent on the wire, remembered for recent keys."""
+    name = _remembered.get(key)
+    if name is None:
+        name = memcached_key(key).encode("ascii")
+        if len(_remembered) >= _REMEMBERED:
+            _remembered.clear()
+        _remembered[key] = name
+    return name
 
 
 def memcached_key(key: str) -> str:

@@ -21,6 +21,7 @@ pool does): its socket may hold half a reply.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -55,6 +56,8 @@ MIN_ITEM_BYTES = 1024
 #: Values up to this size are copied out of the reply as ``bytes`` (cheaper to use than a view
 #: for small values); larger ones are ``memoryview`` slices of the reply, never copied.
 COPY_BELOW = 4096
+# A value's header line: its key (printable ASCII), flags and length.
+_VALUE_LINE = re.compile(rb"VALUE ([!-~]+) [0-9]+ ([0-9]+)\r\n")
 #: Bytes asked for when a reply line is expected. Small, because whatever arrives after the
 #: line (the start of a value) is copied once more on its way to the caller's buffer.
 LINE_READ = 4096
@@ -224,7 +227,10 @@ class GetReply:
         self._pending += len(piece)
         if len(self._data) - self._position + self._pending < self._need:
             return False  # a long value still arriving: join its pieces once, at the end
-        self._data = b"".join([self._data[self._position :], *self._pieces])
+        if self._data or len(self._pieces) > 1:
+            self._data = b"".join([self._data[self._position :], *self._pieces])
+        else:
+            self._data = piece  # the usual small reply: it came whole
         self._position = 0
         self._pieces.clear()
         self._pending = 0
@@ -232,33 +238,34 @@ class GetReply:
         return self._done
 
     def _parse(self) -> None:
-        data, position, values = self._data, self._position, self.values
+        data, position, values, wanted = self._data, self._position, self.values, self._wanted
         size = len(data)
-        view = memoryview(data)
+        view = None
         while True:
-            line_end = data.find(b"\r\n", position)
-            if line_end < 0:
-                if size - position > LINE_READ:
-                    _out_of_protocol("reply line too long")
-                self._need = size - position + 1
-                break
-            if line_end == position + 3 and data.startswith(b"END", position):
-                if line_end + 2 != size:
-                    _out_of_protocol("bytes after END")
-                position = size
-                self._done = True
-                break
-            fields = data[position:line_end].split(b" ")
-            if len(fields) != 4 or fields[0] != b"VALUE" or not fields[3].isdigit():
+            # One C call reads a whole header line: this runs for every value of every hit.
+            header = _VALUE_LINE.match(data, position)
+            if header is None:
+                line_end = data.find(b"\r\n", position)
+                if line_end < 0:
+                    if size - position > LINE_READ:
+                        _out_of_protocol("reply line too long")
+                    self._need = size - position + 1
+                    break
+                if line_end == position + 3 and data.startswith(b"END", position):
+                    if line_end + 2 != size:
+                        _out_of_protocol("bytes after END")
+                    position = size
+                    self._done = True
+                    break
                 _raise_error_reply(data[position:line_end])
-            name = fields[1]
-            if name not in self._wanted or name in values:
+            name, length = header.groups()
+            if name not in wanted or name in values:
                 _out_of_protocol(f"unexpected value for key {name[:64]!r}")
-            length = int(fields[3])
-            if length > MAX_VALUE_BYTES:
-                _out_of_protocol(f"a value of {length} bytes announced")
-            value_start = line_end + 2
-            value_end = value_start + length
+            value_size = int(length)
+            if value_size > MAX_VALUE_BYTES:
+                _out_of_protocol(f"a value of {value_size} bytes announced")
+            value_start = header.end()
+            value_end = value_start + value_size
             if value_end + 2 > size:
                 self._need = value_end + 2 - position
                 break
@@ -267,6 +274,7 @@ class GetReply:
             if value_end - value_start < COPY_BELOW:
                 values[name] = data[value_start:value_end]
             else:
+                view = view or memoryview(data)
                 values[name] = view[value_start:value_end]
             position = value_end + 2
         self._position = position

@@ -43,7 +43,7 @@ from nbcache.stores.api import (
 )
 from nbcache.stores.memcached import protocol
 from nbcache.stores.memcached.breaker import CircuitBreaker
-from nbcache.stores.memcached.keys import memcached_key
+from nbcache.stores.memcached.keys import memcached_key, memcached_name
 from nbcache.stores.memcached.pool import Refused, ServerConnection
 from nbcache.stores.memcached.protocol import MAX_EXPTIME, transfer_allowance
 
@@ -263,7 +263,7 @@ class MemcachedStore:
         A server that fails gives misses for its keys; StoreFault is raised only when no
         server involved answered.
         """
-        names = [self._map(key).encode("ascii") for key in keys]
+        names = list(map(memcached_name, keys))
         if self._only is not None:
             # One server (the usual case): no grouping, and its fault is the call's fault.
             found_here = self._only.run(_get_many_of(names), *self._read_limits(len(names)))
