@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Hashable
@@ -291,9 +292,12 @@ class Renewals:
     """
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
         self._live: dict[Lease, float] = {}  # lease -> when it is next due (monotonic)
-        self._scheduled: float | None = None
+        self._scheduled: float | None = None  # when the one pending renewal job runs
 
     def start(self, lease: Lease) -> Lease:
         """Renew ``lease`` until :meth:`end`; returns it."""
@@ -339,6 +343,10 @@ class Renewals:
 
 
 renewals = Renewals()
+# A forked child renews none of its parent's leases, and has no renewal job pending (its timer
+# starts empty): it schedules its own.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=renewals._reset)
 
 
 def run(steps: Steps[_T | Failed], compute: Callable[[], Any]) -> _T:

@@ -113,6 +113,27 @@ class ByteStore(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class StoreThenGet(Protocol):
+    """What a store may offer: a write and the read of another key in one round trip.
+
+    A namespace writes under the generation it read last and reads the generation back in
+    the same round trip, instead of reading it first.
+    """
+
+    def store_then_get(
+        self,
+        command: str,
+        key: str,
+        value: Sequence[Buffer],
+        ttl: float | None,
+        read_key: str,
+    ) -> tuple[bool, Buffer | NoValue]:
+        """``set`` or ``add`` (``command``) ``value`` under ``key``, then read ``read_key``:
+        True if stored, and what ``read_key`` holds after the write."""
+        ...
+
+
 class Authenticator(Protocol):
     """Tags bytes so that only a holder of the same secret can make a tag that checks.
 

@@ -45,6 +45,7 @@ from nbcache.stores.api import (
     ByteStore,
     CasToken,
     NoValue,
+    StoreThenGet,
     byte_views,
     total_size,
 )
@@ -149,6 +150,7 @@ class ChunkedStore:
         self._max_item_size = max_item_size
         self.authenticator = authenticator
         self._transport = inner if isinstance(inner, ChunkTransport) else None
+        self._read_back = inner if isinstance(inner, StoreThenGet) else None
         self._probe = inner if isinstance(inner, SizeProbe) else None
         # The smallest value seen not to stay (evicted while it was written): values at least
         # this big are refused without sending them.
@@ -403,6 +405,31 @@ class ChunkedStore:
         if isinstance(previous, Manifest):
             self._delete_quietly(manifest_chunk_keys(key, previous))
         return True
+
+    def store_then_get(
+        self,
+        command: str,
+        key: str,
+        value: Sequence[Buffer],
+        ttl: float | None,
+        read_key: str,
+    ) -> tuple[bool, Buffer | NoValue]:
+        """``set`` or ``add`` ``value``, then read ``read_key``: one round trip for an inline
+        value when the inner store offers it, the long way otherwise."""
+        read_back = self._read_back
+        if read_back is None or total_size(value) > self.inline_limit:
+            stored = self.set(key, value, ttl) if command == "set" else self.add(key, value, ttl)
+            return stored, self.get(read_key)
+        record: list[Buffer] = [*value, INLINE_V2]
+        stored, found = read_back.store_then_get(command, key, record, ttl, read_key)
+        if not stored:
+            # Refused (the item limit changed, say) or, for add, something is there: the long
+            # way decides, as it would have.
+            stored = self.set(key, value, ttl) if command == "set" else self.add(key, value, ttl)
+        decoded = self._decode_record(read_key, found)
+        if isinstance(decoded, Manifest):
+            decoded = self._read_values([(read_key, decoded)])[0]
+        return stored, decoded
 
     def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         """Store only if ``key`` holds no readable value (a manifest with lost chunks is none)."""

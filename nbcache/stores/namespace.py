@@ -19,16 +19,17 @@ that cannot reach the generation's server goes on with the last generation it re
 a ``clear()`` changes it, and a ``clear()`` needs that same server. (A client cut off from that
 server while others still reach it would miss their clears until it reconnects.)
 
-A write goes under the generation read less than :data:`FRESH_FOR` seconds ago, if any, without
-reading it again: a missed read is followed by its write at once, and that round trip is
-saved. A clear by another process in between only makes that write a miss for everyone, as if
-it had happened just before the clear.
+Writes need the generation before they can be written. Where the inner store can write and
+read another key in one round trip (:class:`~nbcache.stores.api.StoreThenGet`, as memcached
+does), a write goes under the generation read last and reads the generation back in the same
+round trip: if it is still current (the usual case: a missed read is followed by its write),
+that was all; if it changed or vanished meanwhile (a clear, a restarted server), the write is
+made again under the current one. Otherwise a write reads the generation first.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from typing import cast
 
@@ -40,14 +41,13 @@ from nbcache.stores.api import (
     ByteStore,
     CasToken,
     NoValue,
+    StoreThenGet,
     byte_view,
     peek,
 )
 from nbcache.stores.tokens import create_or_read_token
 
 GENERATION_BYTES = 8
-#: Seconds a generation read from the server is used for writes without reading it again.
-FRESH_FOR = 1.0
 
 
 class NamespacedStore:
@@ -56,7 +56,7 @@ class NamespacedStore:
     Keys of different namespaces never collide, whatever characters the namespace holds (it
     is length-prefixed). Reads fetch the generation together with the values, in one
     ``inner.get_many``, so a clear by another process is seen at the next read. Writes read
-    the generation first (one more small round trip).
+    it back with the write where ``inner`` can (see the module's docstring), else first.
 
     :meth:`add` stores when the key holds only an entry of an older generation. :meth:`delete`
     returns True only if a current-generation value was removed. Faults of ``inner``
@@ -69,10 +69,10 @@ class NamespacedStore:
         self._prefix = f"{len(namespace)}:{namespace}:"
         # '#' where data keys have ':' after the namespace: no data key equals it.
         self.generation_key = f"{len(namespace)}:{namespace}#generation"
-        # The last generation read from the server, and when (monotonic): used for writes
-        # while fresh, and while that server is unreachable.
+        # The last generation read from the server: written under (and checked) next, and
+        # used while that server is unreachable.
         self._last_seen: bytes | None = None
-        self._seen_at = 0.0
+        self._read_back = inner if isinstance(inner, StoreThenGet) else None
 
     @property
     def max_item_size(self) -> int | None:
@@ -120,12 +120,8 @@ class NamespacedStore:
 
     def _token(self, raw: Buffer | NoValue) -> bytes | None:
         if isinstance(raw, NoValue) or memoryview(raw).nbytes != GENERATION_BYTES:
-            # Missing, or not a token (planted, corrupt): nothing is current, and the next
-            # write must make a generation, not reuse the last one seen.
-            self._seen_at = 0.0
-            return None
+            return None  # missing, or not a token (planted, corrupt): nothing is current
         self._last_seen = token = bytes(raw)
-        self._seen_at = time.monotonic()
         return token
 
     def gets(self, key: str) -> tuple[Buffer | NoValue, CasToken | None]:
@@ -178,8 +174,6 @@ class NamespacedStore:
 
     def current_generation(self) -> bytes | None:
         """The generation new writes go under, created if missing; None if it cannot be had."""
-        if self._last_seen is not None and time.monotonic() - self._seen_at < FRESH_FOR:
-            return self._last_seen
         try:
             current = create_or_read_token(
                 self.inner, self.generation_key, self._token, lambda: os.urandom(GENERATION_BYTES)
@@ -189,23 +183,44 @@ class NamespacedStore:
                 raise
             return self._last_seen
         if current is not None:
-            self._last_seen, self._seen_at = current, time.monotonic()
+            self._last_seen = current
         return current
 
+    def _write_then_check(
+        self, command: str, inner_key: str, value: Sequence[Buffer], ttl: float | None
+    ) -> tuple[bool, bytes] | None:
+        """Write under the last generation read, reading it back in the same round trip:
+        whether stored and under which generation, or None if that one is not current (any
+        more) or cannot be checked so: the caller writes the long way."""
+        generation, read_back = self._last_seen, self._read_back
+        if generation is None or read_back is None:
+            return None
+        stored, found = read_back.store_then_get(
+            command, inner_key, [*value, generation], ttl, self.generation_key
+        )
+        return (stored, generation) if self._token(found) == generation else None
+
     def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
+        inner_key = self._prefix + key
+        written = self._write_then_check("set", inner_key, value, ttl)
+        if written is not None:
+            return written[0]
         generation = self.current_generation()
         if generation is None:
             return False
-        return self.inner.set(self._prefix + key, [*value, generation], ttl)
+        return self.inner.set(inner_key, [*value, generation], ttl)
 
     def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         """Store only if ``key`` holds no current-generation value."""
-        generation = self.current_generation()
+        inner_key = self._prefix + key
+        written = self._write_then_check("add", inner_key, value, ttl)
+        if written is not None and written[0]:
+            return True
+        generation = written[1] if written is not None else self.current_generation()
         if generation is None:
             return False
-        inner_key = self._prefix + key
         record: list[Buffer] = [*value, generation]
-        if self.inner.add(inner_key, record, ttl):
+        if written is None and self.inner.add(inner_key, record, ttl):
             return True
         existing, token = peek(self.inner, inner_key)
         if isinstance(existing, NoValue) or token is None:
@@ -250,7 +265,7 @@ class NamespacedStore:
         fresh = os.urandom(GENERATION_BYTES)
         cleared = self.inner.set(self.generation_key, [fresh], None)
         if cleared:
-            self._last_seen, self._seen_at = fresh, time.monotonic()
+            self._last_seen = fresh
         return cleared
 
     def close(self) -> None:

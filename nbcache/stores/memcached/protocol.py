@@ -106,6 +106,30 @@ def set_items(
     return stored
 
 
+def store_then_get(
+    sock: socket.socket, line: bytes, buffers: Sequence[memoryview], names: Sequence[bytes]
+) -> tuple[bytes, dict[bytes, bytes | memoryview]]:
+    """One storage command and a ``get`` of ``names``, sent together: a write and a read in
+    one round trip.
+
+    ``line`` is the command line with its CRLF (``set <key> <flags> <exptime> <bytes>``),
+    ``buffers`` the value. Returns the storage command's reply line (``STORED``,
+    ``NOT_STORED``, ``SERVER_ERROR ...``: memcached consumed the value either way) and the
+    values found. Raises like :func:`get_values`.
+    """
+    _send(sock, [line, *buffers, b"\r\n", _get_command(names)])
+    reader = _ReplyReader(sock)
+    status = reader.line()
+    if status != b"STORED" and status != b"NOT_STORED" and not status.startswith(b"SERVER_ERROR"):
+        _raise_error_reply(status)
+    reply = GetReply(names)
+    rest = reader.take_buffered()
+    done = reply.feed(rest) if rest else False
+    while not done:
+        done = reply.feed(sock.recv(min(max(REPLY_READ, reply.missing), MAX_REPLY_READ)))
+    return status, reply.values
+
+
 def get_into(
     sock: socket.socket, names: Sequence[bytes], targets: Sequence[memoryview]
 ) -> list[bool]:
@@ -384,6 +408,12 @@ class _ReplyReader:
     def buffered(self) -> int:
         """Bytes received and not yet read."""
         return self._end - self._start
+
+    def take_buffered(self) -> bytes:
+        """The bytes received and not yet read (they are read now)."""
+        taken = bytes(self._buffer[self._start : self._end])
+        self._start = self._end
+        return taken
 
     def line(self) -> bytes:
         """The next line, without its CRLF."""

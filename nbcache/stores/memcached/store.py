@@ -351,6 +351,43 @@ class MemcachedStore:
             self._forget_limits()
             return False
 
+    def store_then_get(
+        self,
+        command: str,
+        key: str,
+        value: Sequence[Buffer],
+        ttl: float | None,
+        read_key: str,
+    ) -> tuple[bool, Value]:
+        """``set`` or ``add`` ``value``, then read ``read_key``: one round trip when both keys
+        live on one server (one sendall, one reply read), two otherwise."""
+        if command not in ("set", "add"):
+            raise ValueError(f"store_then_get writes with set or add, not {command!r}")
+        mapped = self._map(key)
+        server = self._server(mapped)
+        if self._server(self._map(read_key)) is not server:
+            return self._store(command, key, value, ttl), self.get(read_key)
+        name, read_name = memcached_name(key), memcached_name(read_key)
+        views = byte_views(value)
+        size = sum(view.nbytes for view in views)
+        line = b"%s %s 0 %d %d\r\n" % (command.encode(), name, memcached_expiry(ttl), size)
+
+        def write_then_read(client: Client) -> tuple[bytes, dict[bytes, bytes | memoryview]]:
+            sock = protocol.connected_socket(client)
+            return protocol.store_then_get(sock, line, views, [read_name])
+
+        allowance, budget = self._read_limits(1)
+        try:
+            status, found = server.run(
+                write_then_read, allowance + transfer_allowance(size), budget + REPLY_LINE
+            )
+        except Refused as error:
+            raise StoreFault(str(error)) from error
+        if status.startswith(b"SERVER_ERROR"):
+            log.debug("nbcache: memcached server %s refused %r: %r", server.address, key, status)
+            self._forget_limits()
+        return status == b"STORED", found.get(read_name, NO_VALUE)
+
     # -- chunks of big values, without copies ------------------------------------------
 
     def set_chunks(self, items: Sequence[tuple[str, Sequence[Buffer]]], ttl: float | None) -> bool:
