@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import logging
+import math
 import mmap
 import os
 import threading
@@ -26,6 +27,8 @@ _CAN_MAP_FILES = hasattr(os, "memfd_create") and hasattr(mmap, "MAP_PRIVATE")
 #: The most memory files this process keeps open, whatever its descriptor limit: each holds
 #: a descriptor, and the user's own files, sockets and imports need theirs.
 MAX_MEMORY_FILES = 256
+#: Seconds at least between two looks of a full store for expired items (each scans them all).
+SWEEP_INTERVAL = 0.5
 
 
 def _memory_file_budget() -> int:
@@ -224,6 +227,10 @@ class MemoryStore:
         self._items: OrderedDict[str, _Item] = OrderedDict()
         self._bytes = 0
         self._versions = 0
+        # When a full store next looks for expired items to drop first (monotonic): once one
+        # may have expired, and at most every SWEEP_INTERVAL, never on every write (each look
+        # scans every item). Reads never return an expired item either way.
+        self._next_sweep = math.inf
         self._lock = threading.Lock()
 
     @property
@@ -338,6 +345,8 @@ class MemoryStore:
         self._drop(key)
         self._versions += 1
         expires = None if ttl is None else time.monotonic() + ttl
+        if expires is not None and expires < self._next_sweep:
+            self._next_sweep = expires
         self._items[key] = _new_item(_Item, (data, size, expires, self._versions))
         self._bytes += size
         if len(self._items) > self.threshold or (
@@ -352,9 +361,15 @@ class MemoryStore:
 
     def _prune(self) -> None:
         now = time.monotonic()
-        expired = [k for k, item in self._items.items() if item.expires and item.expires <= now]
-        for key in expired:
-            self._drop(key)
+        if self._next_sweep <= now:
+            expired = [k for k, item in self._items.items() if item.expires and item.expires <= now]
+            for key in expired:
+                self._drop(key)
+            first_expiry = min(
+                (item.expires for item in self._items.values() if item.expires is not None),
+                default=math.inf,
+            )
+            self._next_sweep = max(first_expiry, now + SWEEP_INTERVAL)
         while self._over():
             oldest = next(iter(self._items))
             self._drop(oldest)
