@@ -142,6 +142,16 @@ class SpeedTarget(Target):
 
 
 @dataclass
+class MicrosecondsTarget(Target):
+    """A figure of one contestant, in microseconds (a bound the user feels per call)."""
+
+    figure: tuple[str, str] = ("", "")  # (contestant, figure)
+
+    def ratio(self, figures: dict[str, dict[str, Any]], workload: dict[str, Any]) -> float:
+        return float(figures[self.figure[0]][self.figure[1]] * 1e6)
+
+
+@dataclass
 class MemoryTarget(Target):
     contestant: str = ""
 
@@ -166,6 +176,15 @@ def targets() -> list[Target]:
             "small hit on memcached <= 1.3x one raw pymemcache get", "small",
             "nbcache MemcachedCache / raw get", 1.3, at_most=True,
             top=(memcached, "hit"), bottom=("raw pymemcache get", "hit"),
+        ),
+        MicrosecondsTarget(
+            "small miss overhead on SimpleCache <= 10 µs (100,000 distinct calls <= 1 s)",
+            "small", "µs, nbcache SimpleCache", 10, at_most=True, figure=(memory, "miss_overhead"),
+        ),
+        RatioTarget(
+            "small miss overhead on memcached <= 3 raw gets (read, write, one round trip more)",
+            "small", "nbcache MemcachedCache / raw get", 3, at_most=True,
+            top=(memcached, "miss_overhead"), bottom=("raw pymemcache get", "hit"),
         ),
         RatioTarget(
             "array hit through memcached >= 3x faster than joblib.Memory", "array",
