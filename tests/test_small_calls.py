@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,34 @@ def test_map_runs_calls_without_a_key_uncached() -> None:
     lock_holder = [threading.Lock()]
     assert size.map([[1, 2], lock_holder, [1, 2]]) == [2, 1, 2]
     assert size.cache_info()[:2] == (1, 1)
+
+
+def test_a_call_that_finds_what_another_stored_meanwhile_gets_this_processs_own_code() -> None:
+    """The second ``f(1)`` of a map missed at the lookup and finds the first one's entry
+    when it reads again before computing (as a caller does that waited for another): a
+    notebook function (pickled by value) in that entry comes back as the notebook's own, as
+    it does on a plain hit, not as a rebuilt copy."""
+    import cloudpickle
+
+    notebook = types.ModuleType("small_calls_notebook")
+    sys.modules[notebook.__name__] = notebook
+    exec("def clean(text):\n    return text.strip()\n", vars(notebook))
+    cloudpickle.register_pickle_by_value(notebook)
+    try:
+        calls = Calls()
+
+        @cached_result(cache=SimpleCache())
+        def pipeline(step: int) -> Any:
+            calls.append(step)
+            return [notebook.clean]
+
+        first, again = pipeline.map([1, 1])
+        assert calls == [1]
+        assert pipeline(1)[0] is notebook.clean  # a plain hit
+        assert first[0] is notebook.clean and again[0] is notebook.clean
+    finally:
+        cloudpickle.unregister_pickle_by_value(notebook)
+        del sys.modules[notebook.__name__]
 
 
 def test_map_of_a_coroutine_function_awaits_only_the_misses() -> None:

@@ -645,8 +645,10 @@ class _Miss:
         )
 
     def read(self) -> Entry | Held | NoValue:
+        # With the fingerprint, as the lookup reads: code in the entry loads as this
+        # process's own, whoever stored it.
         generation, found = self.cache.entries.read_tagged(
-            self.function.keys.generation_key, self.call.key
+            self.function.keys.generation_key, self.call.key, function_fingerprint
         )
         self.generation = generation
         return found
