@@ -178,8 +178,13 @@ def targets() -> list[Target]:
             top=(memcached, "hit"), bottom=("raw pymemcache get", "hit"),
         ),
         MicrosecondsTarget(
-            "small miss overhead on SimpleCache <= 10 µs (100,000 distinct calls <= 1 s)",
-            "small", "µs, nbcache SimpleCache", 10, at_most=True, figure=(memory, "miss_overhead"),
+            "small miss overhead on SimpleCache <= 10 µs", "small", "µs, nbcache SimpleCache",
+            10, at_most=True, figure=(memory, "miss_overhead"),
+        ),
+        MicrosecondsTarget(
+            "100,000 distinct small calls on SimpleCache add <= 1 s (<= 10 µs each, in a loop)",
+            "small", "µs per call, nbcache SimpleCache", 10, at_most=True,
+            figure=(memory, "loop_miss_overhead"),
         ),
         RatioTarget(
             "small miss overhead on memcached <= 3 raw gets (read, write, one round trip more)",
@@ -258,6 +263,28 @@ def targets_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def loop_table(results: dict[str, Any]) -> str:
+    """The small workload's misses in a loop of distinct calls: overhead per call, and what
+    100,000 calls would add."""
+    small = results["workloads"].get("small")
+    if small is None:
+        return ""
+    lines = [
+        "| contestant | distinct calls timed | miss overhead per call, in a loop "
+        "| 100,000 calls add |",
+        "|---|---|---|---|",
+    ]
+    for name, figures in small["contestants"].items():
+        overhead = figures.get("loop_miss_overhead")
+        if overhead is None:
+            continue
+        lines.append(
+            f"| {name} | {figures['loop_calls']} | {seconds_text(overhead)} "
+            f"| {seconds_text(overhead * 100_000)} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The whole report."""
     about = results["machine"]
@@ -267,9 +294,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"{about['cores']} cores, Python {about['python']}, numpy {about['numpy']}, "
         f"pandas {about['pandas']}, memcached {about['memcached']}, {about['platform']}."
     )
+    loops = loop_table(results)
+    if loops:
+        loops = "Small misses in a loop of distinct calls (warm, the store filling up):\n\n" + loops
     return "\n\n".join(
-        [heading, table(results), "Performance targets, ratios within this run:",
-         targets_table(results)]
+        [heading, table(results), *([loops] if loops else []),
+         "Performance targets, ratios within this run:", targets_table(results)]
     )  # fmt: skip
 
 
