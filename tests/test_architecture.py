@@ -21,10 +21,11 @@ ALLOWED: dict[str, set[str]] = {
     "stores": {"exceptions"},
     "entries": {"exceptions", "stores"},
     "keys": {"exceptions"},
+    "inputs": {"exceptions", "keys"},
     "cache": {"exceptions", "entries", "stores"},
     "config": {"exceptions", "cache"},
-    "functions": {"exceptions", "cache", "config", "entries", "keys", "stores"},
-    "cells": {"exceptions", "cache", "config", "entries", "keys", "stores"},
+    "functions": {"exceptions", "cache", "config", "entries", "inputs", "keys", "stores"},
+    "cells": {"exceptions", "cache", "config", "entries", "inputs", "keys", "stores"},
 }
 
 

@@ -347,7 +347,7 @@ def test_keys_are_equal_across_processes_and_hash_seeds() -> None:
             [sys.executable, "-c", KEY_SCRIPT], env=env, capture_output=True, text=True, check=True
         )
         keys.add(result.stdout.strip())
-    assert len(keys) == 1 and next(iter(keys)).startswith("nbcache.fn/2:__main__:f:")
+    assert len(keys) == 1 and next(iter(keys)).startswith("nbcache.fn/3:__main__:f:")
 
 
 def run_with_deadline(call: Callable[[], Any], seconds: float = 20.0) -> list[Any]:

@@ -31,8 +31,9 @@ from nbcache.keys.digest import value_digest
 from nbcache.keys.provenance import is_user_module
 from nbcache.keys.snapshot import CodeSnapshot
 
-#: Changes whenever the key's recipe changes.
-KEY_VERSION = "nbcache.cell/2"
+#: Changes whenever the key's recipe changes (3: entries record the files, environment
+#: variables and random state the cell used, and the files it declares are keyed).
+KEY_VERSION = "nbcache.cell/3"
 
 _ABSENT = object()
 
@@ -102,10 +103,17 @@ def watch_digest(value: object) -> str:
     return "value:" + value_digest(value)
 
 
-def cell_key(name: str, code: CellCode, input_digests: dict[str, str]) -> str:
-    """The cache key of a cell: its label, normalised code, Python version and input digests."""
+def cell_key(
+    name: str, code: CellCode, input_digests: dict[str, str], depends_on: tuple[str, ...] = ()
+) -> str:
+    """The cache key of a cell: its label, normalised code, Python version, input digests and
+    declared files.
+
+    A pure function: the files, environment variables and random state the cell reads are
+    checked against its entry, not keyed.
+    """
     python = sys.implementation.cache_tag
-    recipe = (KEY_VERSION, python, name, code.normalized, sorted(input_digests.items()))
+    recipe = (KEY_VERSION, python, name, code.normalized, sorted(input_digests.items()), depends_on)
     return "cell:" + value_digest(recipe)
 
 

@@ -38,7 +38,7 @@ _magics_class: _Decorator[Any] = magics_class
 log = logging.getLogger(__name__)
 
 TIMEOUT_ENV_VAR = "NBCACHE_TIMEOUT"
-_CELL_USAGE = "%%cache [NAME] [timeout=SECONDS] [--force] [--quiet]"
+_CELL_USAGE = "%%cache [NAME] [timeout=SECONDS] [--force] [--quiet] [--depends-on PATTERN ...]"
 _LINE_USAGE = "%nbcache [use URL | clear]"
 
 
@@ -89,12 +89,22 @@ class NbcacheMagics(Magics):  # type: ignore[misc]
     @_argument("--timeout", metavar="SECONDS", help="seconds the entry lives")
     @_argument("--force", action="store_true", help="recompute and store")
     @_argument("--quiet", action="store_true", help="no note on a hit")
+    @_argument(
+        "--depends-on",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="files the cell depends on (a glob; repeat for several)",
+    )
     @_cell_magic
     def cache(self, line: str, cell: str) -> Any:
         """Cache a cell: restore its variables and output when its code and inputs recur.
 
         The key is NAME, the cell's code (comments and layout aside) and the values of the
-        names it reads. The default timeout is 300 s (``NbcacheMagics.default_timeout``).
+        names it reads. Files it opens, environment variables it reads and the global random
+        state it draws from are checked before a hit; ``--depends-on 'data/*.parquet'``
+        declares files it reads in ways nbcache cannot see. The default timeout is 300 s
+        (``NbcacheMagics.default_timeout``).
         """
         __tracebackhide__ = True
         options = self._cell_options(line)
@@ -154,6 +164,7 @@ class NbcacheMagics(Magics):  # type: ignore[misc]
             timeout=self.default_timeout if timeout is None else timeout,
             force=args.force,
             quiet=args.quiet or self.quiet,
+            depends_on=tuple(_unquoted(pattern) for pattern in args.depends_on),
         )
 
     def _status_rows(self, cache: Cache) -> list[tuple[str, str]]:
@@ -213,6 +224,15 @@ def _timeout(text: str, where: str) -> float:
             f"{where} must be 0 (until evicted) or a positive number of seconds, not {text}"
         )
     return seconds
+
+
+def _unquoted(pattern: str) -> str:
+    """A pattern without the quotes that keep a shell from expanding it (``'data/*.csv'``)."""
+    if len(pattern) >= 2 and pattern[0] == pattern[-1] and pattern[0] in "'\"":
+        return pattern[1:-1]
+    if not pattern:
+        raise UsageError(f"--depends-on needs a file pattern; usage: {_CELL_USAGE}")
+    return pattern
 
 
 def _namespace(cache: Cache) -> str:

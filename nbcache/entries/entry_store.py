@@ -174,15 +174,26 @@ class EntryStore:
             return NO_VALUE
         return entry
 
-    def holds_tagged(self, key: str, raw: Buffer, tag: str | None) -> bool:
-        """True if ``raw``, read under ``key``, is a live, trusted entry tagged ``tag``."""
+    def holds_tagged(
+        self,
+        key: str,
+        raw: Buffer,
+        tag: str | None,
+        usable: Callable[[bytes], bool] | None = None,
+    ) -> bool:
+        """True if ``raw``, read under ``key``, is a live, trusted entry tagged ``tag``.
+
+        ``usable(meta_json)``: a further test of the entry's metadata (nothing is unpickled).
+        """
         if tag is None:
             return False
         try:
             header, _ = self.envelope.open_header(key, raw)
         except EntryRefused:
             return False
-        return header.tag == tag and not self._expired(header.expires)
+        if header.tag != tag or self._expired(header.expires):
+            return False
+        return usable is None or usable(header.meta_json)
 
     def has(self, key: str) -> bool:
         """True if ``key`` holds a live, trusted entry (even one whose value is None)."""

@@ -1,6 +1,6 @@
 """Cache keys of function calls: pure functions of the function and its bound arguments.
 
-A call key is ``nbcache.fn/2:<module>:<qualname>:<digest>``, where the digest covers the
+A call key is ``nbcache.fn/3:<module>:<qualname>:<digest>``, where the digest covers the
 code fingerprint, ``version=``, the digests of the global data the code reads, and the
 canonical digest of every bound argument by name (defaults applied, so ``f(1)`` and
 ``f(1, b=2)`` with ``b=2`` as default share a key; keyword order is irrelevant: arguments are
@@ -19,7 +19,8 @@ import xxhash
 from nbcache.exceptions import UnhashableValue
 from nbcache.keys.digest import value_digest
 
-KEY_FORMAT = "nbcache.fn/2"
+#: 3: entries record the files, environment variables and random state a call used.
+KEY_FORMAT = "nbcache.fn/3"
 #: The name under which a ``key=`` callable's result appears in explanations.
 CUSTOM_KEY_NAME = "key()"
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 from nbcache.cache import Cache
@@ -52,11 +53,13 @@ from nbcache.functions.stampede import (
     compute_once_async,
     computing_already,
 )
+from nbcache.inputs.hidden import META_KEY, recorded_change
+from nbcache.inputs.recording import Recording, declared_patterns
 from nbcache.keys.digest import value_digest
 from nbcache.keys.fingerprint import code_token, function_fingerprint
 from nbcache.keys.snapshot import CodeSnapshot, FingerprintMemo
 from nbcache.stores import settings
-from nbcache.stores.api import Buffer, ByteStore, NoValue
+from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, NoValue
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,7 @@ def cached_result(
     ignore: Iterable[str] = (),
     version: object = None,
     lease: float = DEFAULT_LEASE,
+    depends_on: Iterable[str | os.PathLike[str]] | str = (),
 ) -> Callable[[Callable[_P, _R]], CachedCallable[_P, _R]]: ...
 
 
@@ -123,6 +127,7 @@ def cached_result(
     ignore: Iterable[str] = (),
     version: object = None,
     lease: float = DEFAULT_LEASE,
+    depends_on: Iterable[str | os.PathLike[str]] | str = (),
 ) -> Any:
     """Memoize ``func`` in a cache, keyed on its code and the values of its arguments.
 
@@ -142,6 +147,14 @@ def cached_result(
         version: any value nbcache can digest; changing it starts afresh.
         lease: seconds a caller computing a missed key keeps others waiting if it dies
             (while alive it renews its lease, however long it computes).
+        depends_on: glob patterns (``"data/*.parquet"``, ``**`` across directories) of files
+            the result depends on that nbcache cannot see being read (read by C code that
+            bypasses Python's ``open``; a directory listing): the set of matching files and
+            their identities are checked on a hit. One pattern alone or several.
+
+    Files the function opens for reading through Python, environment variables it reads and
+    the global ``random``/``numpy.random`` state it draws from are recorded when it runs and
+    checked before a hit is used; a hit leaves the global random state as a call would.
 
     The wrapper has ``map(*iterables)`` (like the builtin ``map``, as a list: every call's
     entry is looked up in one store call, only the misses run; awaitable for a coroutine
@@ -151,7 +164,7 @@ def cached_result(
     """
 
     def decorate(function: Callable[..., Any]) -> Any:
-        state = CachedFunction(function, timeout, cache, key, ignore, version, lease)
+        state = CachedFunction(function, timeout, cache, key, ignore, version, lease, depends_on)
         if inspect.iscoroutinefunction(function):
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -189,11 +202,15 @@ class CachedFunction:
         ignore: Iterable[str],
         version: object,
         lease: float,
+        depends_on: Iterable[str | os.PathLike[str]] | str = (),
     ) -> None:
         self.func = func
         self.timeout = None if timeout is None else settings.expiry_seconds("timeout", timeout)
         self.lease = settings.wait_seconds("lease", lease)
         self._cache = cache
+        self.depends_on = declared_patterns(depends_on)
+        if self.depends_on:  # declared files are part of what the function is
+            version = (version, ("depends_on", self.depends_on))
         self.keys = CallKeyBuilder(func, ignore=ignore, version=version, key=key)
         self.memo = FingerprintMemo(func)
         self.name = func.__qualname__
@@ -221,7 +238,7 @@ class CachedFunction:
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         found = self._lookup(args, kwargs)
         if type(found) is _Miss:
-            return self._finish(compute_once(found, self.lease, lambda: self.func(*args, **kwargs)))
+            return self._finish(compute_once(found, self.lease, found.recorded(args, kwargs)))
         if found is _UNCACHED:
             return self.func(*args, **kwargs)
         return found
@@ -230,7 +247,7 @@ class CachedFunction:
         found = self._lookup(args, kwargs)
         if type(found) is _Miss:
             return self._finish(
-                await compute_once_async(found, self.lease, lambda: self.func(*args, **kwargs))
+                await compute_once_async(found, self.lease, found.recorded_async(args, kwargs))
             )
         if found is _UNCACHED:
             return await self.func(*args, **kwargs)
@@ -249,10 +266,12 @@ class CachedFunction:
             self.keys.generation_key, call.key, function_fingerprint
         )
         if isinstance(found, Entry):
-            with self._stats_lock:
-                self._hits += 1
-                self._saved += found.duration or 0.0
-            return found.value
+            if not found.meta_json or self._unchanged(found):
+                with self._stats_lock:
+                    self._hits += 1
+                    self._saved += found.duration or 0.0
+                return found.value
+            found = NO_VALUE
         miss = _Miss(self, cache, call, generation, found, releases)
         if self._computing_already(miss):
             return _UNCACHED
@@ -274,7 +293,7 @@ class CachedFunction:
         results: list[Any] = []
         for args, found in self._lookup_many(iterables):
             if type(found) is _Miss:
-                outcome = compute_once(found, self.lease, functools.partial(self.func, *args))
+                outcome = compute_once(found, self.lease, found.recorded(args, {}))
                 results.append(self._finish(outcome))
             else:
                 results.append(self.func(*args) if found is _UNCACHED else found)
@@ -286,7 +305,7 @@ class CachedFunction:
         for args, found in self._lookup_many(iterables):
             if type(found) is _Miss:
                 outcome = await compute_once_async(
-                    found, self.lease, functools.partial(self.func, *args)
+                    found, self.lease, found.recorded_async(args, {})
                 )
                 results.append(self._finish(outcome))
             else:
@@ -312,11 +331,13 @@ class CachedFunction:
                 continue
             found = found_by_key[call.key]
             if isinstance(found, Entry):
-                with self._stats_lock:
-                    self._hits += 1
-                    self._saved += found.duration or 0.0
-                looked_up.append((args, found.value))
-                continue
+                if not found.meta_json or self._unchanged(found):
+                    with self._stats_lock:
+                        self._hits += 1
+                        self._saved += found.duration or 0.0
+                    looked_up.append((args, found.value))
+                    continue
+                found = NO_VALUE
             miss = _Miss(self, cache, call, generation, found, releases)
             looked_up.append((args, _UNCACHED if self._computing_already(miss) else miss))
         return looked_up
@@ -439,17 +460,49 @@ class CachedFunction:
         )
         return True
 
+    def _unchanged(self, entry: Entry) -> bool:
+        """True if the files, environment and random state ``entry`` recorded are unchanged;
+        the hit then leaves the world as a call would (the random state advanced)."""
+        reason, inputs = recorded_change(entry.meta_json)
+        if inputs is None:
+            log.debug("nbcache: %s() recomputes: %s", self.name, reason)
+            return False
+        try:
+            inputs.reuse()
+        except Exception as problem:
+            log.warning(
+                "nbcache: %s() recomputes: reusing its entry failed (%r)", self.name, problem
+            )
+            return False
+        return True
+
     # -- storing --------------------------------------------------------------------------
 
     def _store(
-        self, cache: Cache, call: CallKey, value: Any, duration: float, generation: str | None
+        self,
+        cache: Cache,
+        call: CallKey,
+        value: Any,
+        duration: float,
+        generation: str | None,
+        recording: Recording,
     ) -> bool:
         """Store a computed value under the generation read before computing.
 
         That generation, not the one current now: a value computed across a ``cache_clear()``
         must not hit after it. True if stored under ``call``'s own key (a run that changed
-        globals it reads stores under its key without them: see :meth:`_state`).
+        globals it reads stores under its key without them: see :meth:`_state`). The hidden
+        inputs ``recording`` saw go into the entry's metadata; a recording that failed stores
+        nothing.
         """
+        if recording.problem is not None:
+            self._warn_once(
+                ("inputs", recording.problem),
+                "nbcache: %s()'s result was not stored: %s",
+                self.name,
+                recording.problem,
+            )
+            return False
         entries = cache.entries
         try:
             stored_call = self._without_state_changed_by_run(call)
@@ -464,6 +517,7 @@ class CachedFunction:
                 value,
                 self.timeout,
                 duration=duration,
+                meta={META_KEY: recording.inputs.to_json()} if recording.inputs else None,
                 tag=generation,
                 code_fingerprint=function_fingerprint,
             )
@@ -615,6 +669,7 @@ class _Miss:
         "function",
         "generation",
         "key",
+        "recording",
         "releases",
         "seen",
         "store",
@@ -643,6 +698,32 @@ class _Miss:
         self.store: ByteStore | None = (
             None if getattr(entries.store, "process_local", False) else entries.store
         )
+        #: What the computation read besides its arguments, once it ran.
+        self.recording: Recording | None = None
+
+    def recorded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
+        """The computation of this call, recording its hidden inputs for :meth:`store_result`."""
+
+        def compute() -> Any:
+            with Recording(self.function.depends_on) as recording:
+                value = self.function.func(*args, **kwargs)
+            self.recording = recording
+            return value
+
+        return compute
+
+    def recorded_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], Awaitable[Any]]:
+        """:meth:`recorded` for a coroutine function."""
+
+        async def compute() -> Any:
+            with Recording(self.function.depends_on) as recording:
+                value = await self.function.func(*args, **kwargs)
+            self.recording = recording
+            return value
+
+        return compute
 
     def read(self) -> Entry | Held | NoValue:
         # With the fingerprint, as the lookup reads: code in the entry loads as this
@@ -651,10 +732,23 @@ class _Miss:
             self.function.keys.generation_key, self.call.key, function_fingerprint
         )
         self.generation = generation
+        if isinstance(found, Entry) and found.meta_json and not self.function._unchanged(found):
+            return NO_VALUE  # stored by a caller that read other files: compute our own
         return found
 
     def live(self, raw: Buffer) -> bool:
-        return self.cache.entries.holds_tagged(self.call.key, raw, self.generation)
+        return self.cache.entries.holds_tagged(
+            self.call.key, raw, self.generation, _inputs_unchanged
+        )
 
     def store_result(self, value: Any, seconds: float) -> bool:
-        return self.function._store(self.cache, self.call, value, seconds, self.generation)
+        recording = self.recording
+        assert recording is not None, "stored before it was computed"
+        return self.function._store(
+            self.cache, self.call, value, seconds, self.generation, recording
+        )
+
+
+def _inputs_unchanged(meta_json: bytes) -> bool:
+    """For an entry's metadata: True unless it records hidden inputs that changed."""
+    return not meta_json or recorded_change(meta_json)[0] is None

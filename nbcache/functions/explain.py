@@ -14,6 +14,7 @@ shared store it also writes them to the store about a second later, from the pro
 background timer, each into one of :data:`RECENT_ENTRIES` slots beside the function's entries
 (chosen by the entry's key, so a key's newer record replaces its older one): explanations
 then work in every kernel sharing the store. No record is ever read back and rewritten.
+An entry whose hidden inputs changed says which: "`sales.csv` changed 2 min ago".
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from nbcache.entries.entry_store import EntryStore
 from nbcache.entries.envelope import Entry
 from nbcache.functions.call_key import CallKey
 from nbcache.functions.timer import shared_timer
+from nbcache.inputs.hidden import recorded_change
 from nbcache.stores.api import NoValue
 
 log = logging.getLogger(__name__)
@@ -211,6 +213,9 @@ def explain(
     now = time.time() if now is None else now
     if not isinstance(entry, NoValue) and generation is not None:
         if entry.tag == generation:
+            if entry.meta_json:  # hidden inputs recorded: are they unchanged?
+                reason, _ = recorded_change(entry.meta_json)
+                return HIT if reason is None else reason
             return HIT
         return "cleared with cache_clear()"
     if not records:

@@ -15,11 +15,18 @@ import sysconfig
 import types
 from typing import Any
 
-__all__ = ["display_name", "is_user_module", "library_identity", "module_version"]
+__all__ = [
+    "display_name",
+    "is_library_file",
+    "is_user_module",
+    "library_identity",
+    "module_version",
+]
 
 
 @functools.lru_cache(maxsize=4096)
-def _is_library_file(path: str) -> bool:
+def is_library_file(path: str) -> bool:
+    """Whether ``path`` lies in the interpreter's library or an installed package's directory."""
     real = os.path.realpath(path)
     return any(real.startswith(directory) for directory in _library_directories())
 
@@ -48,7 +55,7 @@ def is_user_module(module_name: str | None) -> bool:
     if module is None:
         return True
     path = getattr(module, "__file__", None)
-    return not path or not _is_library_file(path)
+    return not path or not is_library_file(path)
 
 
 def module_version(module: types.ModuleType) -> str | None:

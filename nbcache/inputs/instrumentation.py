@@ -1,0 +1,279 @@
+"""What routes a running computation's hidden reads to its recording.
+
+- **Files.** One audit hook (PEP 578) sees every ``open`` made through Python, pandas' and
+  numpy's readers included, and the renames and removals. Audit hooks cannot be removed: it
+  is added once, on the first recording, and outside computations it returns after one
+  global lookup.
+- **Environment.** While at least one computation runs, ``os.environ`` and ``os.environb``
+  are of a subclass of ``os._Environ`` that reports the names read, listed and written; they
+  get their own class back when the last computation ends.
+- **Seeding.** While computations run, the module-level ``random.seed``/``setstate`` and
+  ``numpy.random.seed``/``set_state`` report that the generator's whole state is replaced,
+  so that a run that seeds before drawing does not depend on the state it started from.
+- **Threads.** A ``threading.Thread`` started while a computation runs counts as part of it
+  (from Python 3.12 through the audit event of the thread's start, before that by wrapping
+  the function ``threading`` starts threads with). Work handed to threads that already ran
+  (a pool started earlier) cannot be told apart and is not recorded. Asynchronous tasks see
+  the recording through a context variable, so coroutines interleaving on one thread are
+  kept apart.
+
+A recording is anything with the :class:`Sink` methods. Nothing here may raise into the
+computation: a sink that fails is told so (:meth:`Sink.failed`) and stores nothing.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from nbcache.inputs.random_state import SEEDING
+
+
+class Sink(Protocol):
+    """What a recording receives; ``parent`` and ``closed`` chain nested recordings."""
+
+    parent: Sink | None
+    closed: bool
+
+    def opened(self, path: Any, mode: Any, flags: Any) -> None: ...
+
+    def wrote(self, *paths: Any) -> None: ...
+
+    def read_variable(self, name: str | bytes, value: str | bytes | None) -> None: ...
+
+    def listed_variables(self, names: list[str]) -> None: ...
+
+    def wrote_variable(self, name: str | bytes) -> None: ...
+
+    def reseeded(self, generator: str) -> None: ...
+
+    def absorb(self, inputs: Any) -> None: ...
+
+    def failed(self, problem: BaseException) -> None: ...
+
+
+_current: contextvars.ContextVar[Sink | None] = contextvars.ContextVar(
+    "nbcache_recording", default=None
+)
+_adopted: weakref.WeakKeyDictionary[threading.Thread, Sink] = weakref.WeakKeyDictionary()
+_active = 0  # computations recording now: the audit hook's gate
+_lock = threading.Lock()
+_hook_added = False
+_restore: list[Callable[[], None]] = []
+
+
+def current() -> Sink | None:
+    """The innermost open recording of the running computation, or None."""
+    sink = _current.get()
+    if sink is None:
+        if not _adopted:
+            return None
+        sink = _adopted.get(threading.current_thread())
+    while sink is not None and sink.closed:
+        sink = sink.parent
+    return sink
+
+
+def start(sink: Sink) -> contextvars.Token[Sink | None]:
+    """Make ``sink`` the current recording (of this thread or task) and switch routing on."""
+    global _active, _hook_added
+    with _lock:
+        if not _hook_added:
+            sys.addaudithook(_audit)
+            _hook_added = True
+        if _active == 0:
+            _install()
+        _active += 1
+    return _current.set(sink)
+
+
+def stop(token: contextvars.Token[Sink | None], parent: Sink | None) -> None:
+    """Undo :func:`start`; routing switches off when no computation records any more."""
+    global _active
+    try:
+        _current.reset(token)
+    except ValueError:  # ended in another context than it started (a generator's frame)
+        _current.set(parent)
+    with _lock:
+        _active -= 1
+        if _active == 0:
+            _uninstall()
+
+
+def chain(sink: Sink | None) -> Iterator[Sink]:
+    """``sink`` and the open recordings around it, innermost first."""
+    while sink is not None:
+        if not sink.closed:
+            yield sink
+        sink = sink.parent
+
+
+# -- the audit hook -----------------------------------------------------------------------
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if not _active:
+        return
+    handler = _HANDLERS.get(event)
+    if handler is None:
+        return
+    try:
+        handler(args)
+    except Exception as problem:  # a bug here must not fail the computation's open()
+        sink = current()
+        if sink is not None:
+            sink.failed(problem)
+
+
+def _on_open(args: tuple[Any, ...]) -> None:
+    sink = current()
+    if sink is not None:
+        sink.opened(*args[:3])
+
+
+def _on_change(*positions: int) -> Callable[[tuple[Any, ...]], None]:
+    """A handler for an event whose arguments at ``positions`` are paths it changes."""
+
+    def changed(args: tuple[Any, ...]) -> None:
+        sink = current()
+        if sink is not None:
+            sink.wrote(*(args[position] for position in positions))
+
+    return changed
+
+
+def _on_thread_start(args: tuple[Any, ...]) -> None:
+    _adopt(getattr(args[0], "__self__", None))
+
+
+def _adopt(thread: object) -> None:
+    sink = current()
+    if sink is not None and isinstance(thread, threading.Thread):
+        _adopted[thread] = sink
+
+
+_HANDLERS: dict[str, Callable[[tuple[Any, ...]], None]] = {
+    "open": _on_open,
+    "os.rename": _on_change(0, 1),  # os.rename and os.replace
+    "os.remove": _on_change(0),  # os.remove and os.unlink
+    "os.truncate": _on_change(0),
+    "os.utime": _on_change(0),
+    "os.mkdir": _on_change(0),
+    "os.rmdir": _on_change(0),
+    "os.link": _on_change(1),
+    "os.symlink": _on_change(1),
+    "shutil.copyfile": _on_change(1),
+    "_thread.start_new_thread": _on_thread_start,
+    "_thread.start_joinable_thread": _on_thread_start,
+}
+
+
+# -- routing that is switched on while computations run -----------------------------------
+
+
+class _RecordingEnviron(os._Environ):  # type: ignore[type-arg]
+    """``os.environ`` while computations run: reports reads, listings and writes."""
+
+    def __getitem__(self, key: Any) -> Any:
+        sink = current()
+        if sink is None:
+            return super().__getitem__(key)
+        try:
+            value = super().__getitem__(key)
+        except KeyError:
+            _report(sink.read_variable, key, None)
+            raise
+        _report(sink.read_variable, key, value)
+        return value
+
+    def __iter__(self) -> Iterator[Any]:
+        sink = current()
+        names = list(super().__iter__())
+        if sink is not None:
+            _report(sink.listed_variables, names)
+        return iter(names)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        sink = current()
+        if sink is not None:
+            _report(sink.wrote_variable, key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        sink = current()
+        if sink is not None:
+            _report(sink.wrote_variable, key)
+        super().__delitem__(key)
+
+
+def _report(method: Callable[..., None], *args: Any) -> None:
+    try:
+        method(*args)
+    except Exception as problem:
+        sink = current()
+        if sink is not None:
+            sink.failed(problem)
+
+
+def _install() -> None:
+    for mapping in (os.environ, getattr(os, "environb", None)):
+        if type(mapping) is os._Environ:  # type: ignore[attr-defined]
+            mapping.__class__ = _RecordingEnviron
+            _restore.append(functools.partial(_put_class_back, mapping))
+    for generator, functions in SEEDING.items():
+        module = sys.modules.get(generator)
+        for name in functions if module is not None else ():
+            original = getattr(module, name, None)
+            if callable(original):
+                wrapper = _seeding(generator, original)
+                setattr(module, name, wrapper)
+                _restore.append(functools.partial(_put_back, module, name, wrapper, original))
+    if sys.version_info < (3, 12):  # no audit event for a thread's start
+        original = threading._start_new_thread  # type: ignore[attr-defined]
+        wrapper = _thread_starter(original)
+        threading._start_new_thread = wrapper  # type: ignore[attr-defined]
+        _restore.append(
+            functools.partial(_put_back, threading, "_start_new_thread", wrapper, original)
+        )
+
+
+def _uninstall() -> None:
+    while _restore:
+        _restore.pop()()
+
+
+def _put_class_back(mapping: Any) -> None:
+    if type(mapping) is _RecordingEnviron:
+        mapping.__class__ = os._Environ  # type: ignore[attr-defined,assignment]
+
+
+def _put_back(owner: Any, name: str, wrapper: object, original: object) -> None:
+    if getattr(owner, name, None) is wrapper:  # unless someone replaced it meanwhile
+        setattr(owner, name, original)
+
+
+def _seeding(generator: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def seeding(*args: Any, **kwargs: Any) -> Any:
+        sink = current()
+        if sink is not None:
+            _report(sink.reseeded, generator)
+        return original(*args, **kwargs)
+
+    return seeding
+
+
+def _thread_starter(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def start_new_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
+        if _active:
+            _adopt(getattr(function, "__self__", None))
+        return original(function, *args, **kwargs)
+
+    return start_new_thread

@@ -1,0 +1,217 @@
+"""Recording one computation's hidden inputs while it runs (a miss)::
+
+    with Recording(depends_on=["data/*.parquet"]) as recording:
+        value = compute()
+    if recording.problem is None:
+        store(value, meta={META_KEY: recording.inputs.to_json()})
+
+Files are recorded as the computation opens them (their identity at that moment: a file
+changed while the computation ran then no longer matches, and the next check recomputes);
+content digests are taken when the computation ends. A file the computation wrote, renamed
+or removed is not an input. Environment variables are recorded as they are read (unless the
+computation set them first). Each global random generator is snapshotted before and after:
+one that changed was used, and is an input unless the run seeded it before drawing.
+
+Recordings nest: a cached computation called inside another records into its own recording,
+which passes everything on to the enclosing one when it ends; a hit inside a computation
+passes on the inputs its entry recorded (:meth:`HiddenInputs.reuse`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from nbcache.inputs import environment, instrumentation, random_state
+from nbcache.inputs.files import (
+    FileIdentity,
+    Found,
+    absolute_path,
+    digest_limit,
+    identity_of,
+    is_candidate,
+    with_digest,
+)
+from nbcache.inputs.hidden import HiddenInputs, RandomUse, expand
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+class Recording:
+    """The hidden inputs of one computation, recorded while it runs (a context manager).
+
+    ``depends_on``: glob patterns of files the computation depends on in ways the recording
+    cannot see (read by code that bypasses Python's ``open``; a directory listing). After the
+    ``with`` block, :attr:`inputs` holds what was recorded and :attr:`problem` says why the
+    result must not be stored (None if it may).
+    """
+
+    def __init__(self, depends_on: Sequence[str] = ()) -> None:
+        self.depends_on = tuple(depends_on)
+        self.parent: instrumentation.Sink | None = None
+        self.closed = False
+        self.inputs = HiddenInputs()
+        self.problem: str | None = None
+        self._cwd = ""
+        # absolute path -> (path as the computation saw it, identity when first read)
+        self._files: dict[str, tuple[str, Found]] = {}
+        self._written: set[str] = set()
+        self._variables: dict[str, str | None] = {}
+        self._variables_written: set[str] = set()
+        self._random_before: dict[str, bytes] = {}
+        self._seeded_first: set[str] = set()
+        self._seeding_seen: set[str] = set()
+        self._token: Any = None
+
+    def __enter__(self) -> Recording:
+        self._cwd = os.getcwd()
+        self.parent = instrumentation.current()
+        for name in random_state.GENERATORS:
+            state = random_state.snapshot(name)
+            if state is not None:
+                self._random_before[name] = state
+        for pattern in self.depends_on:
+            matches = expand(pattern)
+            self.inputs.globs[pattern] = matches
+            for path in matches:
+                self._read(path, declared=True)
+        self._token = instrumentation.start(self)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        instrumentation.stop(self._token, self.parent)
+        self.closed = True
+        parent = self.parent if isinstance(self.parent, Recording) else None
+        if kind is not None and parent is None:
+            return  # nothing will be stored, and no enclosing computation needs to know
+        try:
+            self._finish()
+        except Exception as problem:  # never fail a computation that succeeded
+            self.failed(problem)
+        if parent is not None:
+            parent.absorb(self.inputs, self)
+
+    # -- what instrumentation reports ----------------------------------------------------
+
+    def opened(self, path: Any, mode: Any, flags: Any) -> None:
+        writes = isinstance(flags, int) and flags & _WRITE_FLAGS
+        if writes or (isinstance(mode, str) and any(c in mode for c in "wax+")):
+            self.wrote(path)
+        else:
+            self._read(path, declared=False)
+
+    def _read(self, path: Any, *, declared: bool) -> None:
+        absolute = absolute_path(path)
+        if absolute is None or absolute in self._files or absolute in self._written:
+            return
+        if not declared and not is_candidate(absolute):
+            return
+        self._files[absolute] = (self._seen(path, absolute), identity_of(absolute, time.time_ns()))
+
+    def wrote(self, *paths: Any) -> None:
+        for path in paths:
+            absolute = absolute_path(path)
+            if absolute is not None:
+                self._written.add(absolute)
+
+    def read_variable(self, name: str | bytes, value: str | bytes | None) -> None:
+        decoded = os.fsdecode(name)
+        if decoded not in self._variables and decoded not in self._variables_written:
+            self._variables[decoded] = environment.value_digest(value)
+
+    def listed_variables(self, names: list[str]) -> None:
+        if environment.ALL_NAMES not in self._variables:
+            self._variables[environment.ALL_NAMES] = environment.names_digest(names)
+
+    def wrote_variable(self, name: str | bytes) -> None:
+        self._variables_written.add(os.fsdecode(name))
+
+    def reseeded(self, generator: str) -> None:
+        """The computation replaces the generator's state: did it draw before?"""
+        for recording in instrumentation.chain(self):
+            if not isinstance(recording, Recording) or generator in recording._seeding_seen:
+                continue
+            recording._seeding_seen.add(generator)
+            before = recording._random_before.get(generator)
+            if before is not None and random_state.snapshot(generator) == before:
+                recording._seeded_first.add(generator)
+
+    def failed(self, problem: BaseException) -> None:
+        if self.problem is None:
+            self.problem = f"recording its inputs failed ({type(problem).__name__}: {problem})"
+
+    def absorb(self, inputs: HiddenInputs, child: Recording | None = None) -> None:
+        """Take in the inputs of a computation run or reused inside this one."""
+        cwd = child._cwd if child is not None else os.getcwd()
+        for path, identity in inputs.files.items():
+            absolute = os.path.normpath(os.path.join(cwd, path))
+            if absolute not in self._files and absolute not in self._written:
+                self._files[absolute] = (self._seen(path, absolute), identity)
+        for pattern, matches in inputs.globs.items():
+            self.inputs.globs.setdefault(pattern, matches)
+        for name, digest in inputs.variables.items():
+            if name not in self._variables_written:
+                self._variables.setdefault(name, digest)
+        if child is not None:
+            self._written |= child._written
+            self._variables_written |= child._variables_written
+            if child.problem is not None and self.problem is None:
+                self.problem = child.problem
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        inputs = self.inputs
+        limit = digest_limit()
+        for absolute, (seen, identity) in list(self._files.items()):
+            if absolute in self._written:
+                continue
+            if isinstance(identity, FileIdentity):
+                identity = with_digest(absolute, identity, limit)
+            inputs.files[seen] = identity
+        inputs.variables.update(self._variables)
+        for name, before in self._random_before.items():
+            after = random_state.snapshot(name)
+            if after is None or after == before:
+                continue
+            if random_state.UNSUPPORTED in (before, after):
+                self.problem = f"it draws from `{name}`'s global generator of a kind not followed"
+                continue
+            used_before = name not in self._seeded_first
+            inputs.random[name] = RandomUse(
+                random_state.state_digest(name, before) if used_before else None,
+                random_state.export(after),
+            )
+
+    def _seen(self, path: Any, absolute: str) -> str:
+        """A path as the computation saw it: relative ones stay relative to where it started."""
+        given = os.fsdecode(path) if not isinstance(path, str) else path
+        if os.path.isabs(given):
+            return os.path.normpath(given)
+        return os.path.relpath(absolute, self._cwd)
+
+
+def declared_patterns(depends_on: Iterable[str | os.PathLike[str]] | str) -> tuple[str, ...]:
+    """``depends_on`` as a tuple of glob patterns: one pattern alone, or several.
+
+    Raises ``TypeError`` for anything that is not a path or a pattern.
+    """
+    if isinstance(depends_on, str | os.PathLike):
+        depends_on = [depends_on]
+    patterns = []
+    for pattern in depends_on:
+        text = os.fspath(pattern) if isinstance(pattern, os.PathLike) else pattern
+        if not isinstance(text, str) or not text:
+            raise TypeError(
+                f"depends_on takes glob patterns of files, like 'data/*.csv', not {pattern!r}"
+            )
+        patterns.append(text)
+    return tuple(patterns)
