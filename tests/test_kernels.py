@@ -186,3 +186,37 @@ def test_a_figure_shown_with_the_cells_result_comes_after_it_as_in_a_plain_run(
     assert computed.order == ["result", "display"]
     assert restored.order == ["stdout", "result", "display"]  # the note, then as computed
     assert restored.displays == computed.displays
+
+
+LOAD_CELL = """%%cache load
+count_run()
+import pandas as pd
+sales = pd.read_csv('sales.csv')
+print('total is', int(sales.x.sum()))"""
+
+
+def test_kernels_with_different_files_under_one_path_share_no_result(
+    start_kernel: Callable[[], Kernel], tmp_path: Path
+):
+    """The same cell and the same relative path: only a kernel whose file matches may hit."""
+    folders = {}
+    for name, rows in (("north", "x\n1\n2\n"), ("south", "x\n5\n6\n"), ("copy", "x\n1\n2\n")):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "sales.csv").write_text(rows)
+    kernels = {}
+    for name, folder in folders.items():
+        kernels[name] = start_kernel()
+        kernels[name].run_ok(f"import os\nos.chdir({str(folder)!r})")
+
+    assert kernels["north"].run_ok(LOAD_CELL).stdout == "total is 3\n"
+    copy = kernels["copy"].run_ok(LOAD_CELL)
+    assert runs(tmp_path) == 1, "the same bytes in another folder are the same input"
+    assert copy.stdout.startswith("nbcache: restored pd, sales from memcached")
+    assert copy.stdout.endswith("total is 3\n")
+
+    south = kernels["south"].run_ok(LOAD_CELL)
+    assert runs(tmp_path) == 2, "a kernel whose sales.csv differs must compute its own"
+    assert south.stdout.startswith("nbcache: running cell 'load': `sales.csv` changed")
+    assert south.stdout.endswith("total is 11\n")
+    assert kernels["south"].run_ok("print(int(sales.x.sum()))").stdout == "11\n"
