@@ -515,3 +515,43 @@ def test_a_draw_of_only_the_cached_gaussian_is_seen():
     first = one()
     np.random.seed(5)
     assert one() != first and len(calls) == 2, "the cached deviate was part of the state"
+
+
+# -- outside computations, and faults -----------------------------------------------------
+
+
+def test_nothing_is_left_instrumented_outside_computations():
+    seed, set_state, python_seed = np.random.seed, np.random.set_state, random.seed
+
+    @cached_result(cache=SimpleCache())
+    def draw() -> float:
+        assert type(os.environ) is not os._Environ  # type: ignore[attr-defined]
+        return float(np.random.normal())
+
+    draw()
+    assert type(os.environ) is os._Environ  # type: ignore[attr-defined]
+    assert np.random.seed is seed and np.random.set_state is set_state
+    assert random.seed is python_seed
+
+
+def test_a_fault_while_recording_never_breaks_the_computation(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    from nbcache.inputs.recording import Recording
+
+    def broken(self: Recording, path: Any, *, declared: bool) -> None:
+        raise RuntimeError("a bug in recording")
+
+    monkeypatch.setattr(Recording, "_read", broken)
+    (workdir / "data.txt").write_text("one")
+    calls = Calls()
+
+    @cached_result(cache=SimpleCache())
+    def read(path: str) -> str:
+        calls.append(path)
+        return Path(path).read_text()
+
+    assert read("data.txt") == "one"
+    assert read("data.txt") == "one" and len(calls) == 2, "a result recorded badly is not stored"
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("nbcache")]
+    assert any("was not stored: recording its inputs failed" in w for w in warnings)

@@ -17,6 +17,7 @@ changed, so a later computation records it afresh.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.machinery
 import os
 import stat
@@ -55,8 +56,9 @@ class FileIdentity:
     digest: str | None = None
     racy: bool = False
 
-    @property
+    @functools.cached_property
     def stat_key(self) -> tuple[int, int, int, int, int]:
+        """What ``stat`` must say for the file to be the same, as one tuple."""
         return (self.size, self.mtime_ns, self.ctime_ns, self.inode, self.device)
 
     def to_json(self) -> list[Any]:
@@ -190,6 +192,19 @@ def file_change(path: str, recorded: Found, now: float | None = None) -> str | N
     no regular file. ``path`` is resolved against the current working directory, as the
     computation resolved it against its own.
     """
+    if isinstance(recorded, FileIdentity) and not recorded.racy:
+        try:  # the common case, first: one stat, nothing built
+            info = os.stat(path)
+            if stat.S_ISREG(info.st_mode) and recorded.stat_key == (
+                info.st_size,
+                info.st_mtime_ns,
+                info.st_ctime_ns,
+                info.st_ino,
+                info.st_dev,
+            ):
+                return None
+        except (OSError, ValueError):
+            pass
     current = identity_of(path)
     if recorded is None:
         return None if current is None else f"`{path}` now exists"

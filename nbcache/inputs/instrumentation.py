@@ -229,23 +229,33 @@ def _install() -> None:
     for generator, functions in SEEDING.items():
         module = sys.modules.get(generator)
         for name in functions if module is not None else ():
-            original = getattr(module, name, None)
-            if callable(original):
-                wrapper = _seeding(generator, original)
-                setattr(module, name, wrapper)
-                _restore.append(functools.partial(_put_back, module, name, wrapper, original))
+            _wrap(module, name, functools.partial(_seeding, generator))
     if sys.version_info < (3, 12):  # no audit event for a thread's start
-        original = threading._start_new_thread  # type: ignore[attr-defined]
-        wrapper = _thread_starter(original)
-        threading._start_new_thread = wrapper  # type: ignore[attr-defined]
-        _restore.append(
-            functools.partial(_put_back, threading, "_start_new_thread", wrapper, original)
-        )
+        _wrap(threading, "_start_new_thread", _thread_starter)
 
 
 def _uninstall() -> None:
     while _restore:
         _restore.pop()()
+
+
+#: (id of the original, kind) -> (original, wrapper): each function is wrapped once.
+_wrappers: dict[tuple[int, Callable[..., Any]], tuple[object, Callable[..., Any]]] = {}
+
+
+def _wrap(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Replace ``owner.name`` by a wrapper ``make`` builds, until :func:`_uninstall`."""
+    original = getattr(owner, name, None)
+    if not callable(original):
+        return
+    kind = make.func if isinstance(make, functools.partial) else make
+    known = _wrappers.get((id(original), kind))
+    if known is None or known[0] is not original:
+        known = (original, make(original))
+        _wrappers[(id(original), kind)] = known
+    wrapper = known[1]
+    setattr(owner, name, wrapper)
+    _restore.append(functools.partial(_put_back, owner, name, wrapper, original))
 
 
 def _put_class_back(mapping: Any) -> None:

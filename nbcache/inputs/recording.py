@@ -37,6 +37,8 @@ from nbcache.inputs.files import (
 )
 from nbcache.inputs.hidden import HiddenInputs, RandomUse, expand
 
+#: What a recording that saw nothing holds (never changed: each recording makes its own).
+_NOTHING = HiddenInputs()
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -53,8 +55,9 @@ class Recording:
         self.depends_on = tuple(depends_on)
         self.parent: instrumentation.Sink | None = None
         self.closed = False
-        self.inputs = HiddenInputs()
+        self.inputs = _NOTHING
         self.problem: str | None = None
+        self._globs: dict[str, list[str]] = {}
         self._cwd = ""
         # absolute path -> (path as the computation saw it, identity when first read)
         self._files: dict[str, tuple[str, Found]] = {}
@@ -75,7 +78,7 @@ class Recording:
                 self._random_before[name] = state
         for pattern in self.depends_on:
             matches = expand(pattern)
-            self.inputs.globs[pattern] = matches
+            self._globs[pattern] = matches
             for path in matches:
                 self._read(path, declared=True)
         self._token = instrumentation.start(self)
@@ -156,7 +159,7 @@ class Recording:
             if absolute not in self._files and absolute not in self._written:
                 self._files[absolute] = (self._seen(path, absolute), identity)
         for pattern, matches in inputs.globs.items():
-            self.inputs.globs.setdefault(pattern, matches)
+            self._globs.setdefault(pattern, matches)
         for name, digest in inputs.variables.items():
             if name not in self._variables_written:
                 self._variables.setdefault(name, digest)
@@ -169,15 +172,7 @@ class Recording:
     # -- the end ----------------------------------------------------------------------------
 
     def _finish(self) -> None:
-        inputs = self.inputs
-        limit = digest_limit()
-        for absolute, (seen, identity) in list(self._files.items()):
-            if absolute in self._written:
-                continue
-            if isinstance(identity, FileIdentity):
-                identity = with_digest(absolute, identity, limit)
-            inputs.files[seen] = identity
-        inputs.variables.update(self._variables)
+        random = {}
         for name, before in self._random_before.items():
             after = random_state.snapshot(name)
             if after is None or after == before:
@@ -186,10 +181,21 @@ class Recording:
                 self.problem = f"it draws from `{name}`'s global generator of a kind not followed"
                 continue
             used_before = name not in self._seeded_first
-            inputs.random[name] = RandomUse(
+            random[name] = RandomUse(
                 random_state.state_digest(name, before) if used_before else None,
                 random_state.export(after),
             )
+        if not (self._files or self._globs or self._variables or random):
+            return
+        files: dict[str, Found] = {}
+        limit = digest_limit() if self._files else 0
+        for absolute, (seen, identity) in list(self._files.items()):
+            if absolute in self._written:
+                continue
+            if isinstance(identity, FileIdentity):
+                identity = with_digest(absolute, identity, limit)
+            files[seen] = identity
+        self.inputs = HiddenInputs(files, dict(self._globs), dict(self._variables), random)
 
     def _seen(self, path: Any, absolute: str) -> str:
         """A path as the computation saw it: relative ones stay relative to where it started."""
