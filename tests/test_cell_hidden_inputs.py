@@ -113,7 +113,7 @@ def test_a_hit_advances_the_global_generator_as_a_plain_run(shell: InteractiveSh
     assert run(shell, "float(np.random.normal())")[0] == plain_next
     run(shell, "np.random.seed(7)")
     result, printed = run(shell, DRAW)
-    assert printed.startswith("nbcache: restored x")
+    assert printed.startswith("nbcache: restored x") and result == run(shell, "plain")[0]
     assert run(shell, "float(np.random.normal())")[0] == plain_next
 
 
