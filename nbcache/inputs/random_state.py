@@ -14,12 +14,13 @@ come from ``getstate()`` instead: slower, equally exact.
 
 Only the generators' default kinds are followed: ``random.Random`` and numpy's legacy
 ``RandomState`` over ``MT19937``. A snapshot of any other (``np.random.set_bit_generator``)
-is marked unsupported: a run that changes it cannot be cached.
+starts with :data:`UNSUPPORTED`: a run that changes it cannot be cached.
 """
 
 from __future__ import annotations
 
 import base64
+import pickle
 import struct
 import sys
 from collections.abc import Callable
@@ -175,9 +176,10 @@ def _from_views(state: Any, legacy: Any) -> bytes:
 
 
 def _numpy_state(generator: Any) -> bytes:
-    name, key, pos, has_gauss, gauss = generator.get_state(legacy=True)
-    if name != "MT19937":
-        return UNSUPPORTED
+    if type(generator._bit_generator).__name__ != "MT19937":
+        # Another bit generator: its state (a dict) is compared as it is, never restored.
+        return UNSUPPORTED + pickle.dumps(generator.get_state(legacy=False))
+    _, key, pos, has_gauss, gauss = generator.get_state(legacy=True)
     words: bytes = key.astype("<u4").tobytes()
     return words + struct.pack("<i", pos) + _LEGACY.pack(has_gauss, gauss if has_gauss else 0.0)
 
