@@ -58,7 +58,12 @@ class Sink(Protocol):
     def failed(self, problem: BaseException) -> None: ...
 
 
-_current: contextvars.ContextVar[Sink | None] = contextvars.ContextVar(
+class _Paused:
+    """Stands in the context variable while nbcache itself reads (see :class:`unrecorded`)."""
+
+
+_PAUSED = _Paused()
+_current: contextvars.ContextVar[Sink | _Paused | None] = contextvars.ContextVar(
     "nbcache_recording", default=None
 )
 _adopted: weakref.WeakKeyDictionary[threading.Thread, Sink] = weakref.WeakKeyDictionary()
@@ -70,7 +75,10 @@ _restore: list[Callable[[], None]] = []
 
 def current() -> Sink | None:
     """The innermost open recording of the running computation, or None."""
-    sink = _current.get()
+    found = _current.get()
+    if isinstance(found, _Paused):
+        return None
+    sink = found
     if sink is None:
         if not _adopted:
             return None
@@ -80,7 +88,17 @@ def current() -> Sink | None:
     return sink
 
 
-def start(sink: Sink) -> contextvars.Token[Sink | None]:
+class unrecorded:  # lower case: used like a function, ``with unrecorded():``
+    """Within it, reads are nbcache's own (checking a file, reading a setting), not inputs."""
+
+    def __enter__(self) -> None:
+        self._token = _current.set(_PAUSED)
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._token)
+
+
+def start(sink: Sink) -> contextvars.Token[Sink | _Paused | None]:
     """Make ``sink`` the current recording (of this thread or task) and switch routing on."""
     global _active, _hook_added
     with _lock:
@@ -93,7 +111,7 @@ def start(sink: Sink) -> contextvars.Token[Sink | None]:
     return _current.set(sink)
 
 
-def stop(token: contextvars.Token[Sink | None], parent: Sink | None) -> None:
+def stop(token: contextvars.Token[Sink | _Paused | None], parent: Sink | None) -> None:
     """Undo :func:`start`; routing switches off when no computation records any more."""
     global _active
     try:

@@ -96,7 +96,8 @@ class Recording:
         if kind is not None and parent is None:
             return  # nothing will be stored, and no enclosing computation needs to know
         try:
-            self._finish()
+            with instrumentation.unrecorded():  # digests read files: not the computation
+                self._finish()
         except Exception as problem:  # never fail a computation that succeeded
             self.failed(problem)
         if parent is not None:
