@@ -383,15 +383,6 @@ def test_a_variable_the_function_sets_itself_is_not_an_input(monkeypatch: pytest
     assert configured() == "set by the function" and len(calls) == 1
 
 
-def test_the_environment_is_left_as_it_was_outside_computations():
-    @cached_result(cache=SimpleCache())
-    def home() -> str | None:
-        return os.environ.get("HOME")
-
-    home()
-    assert type(os.environ) is os._Environ  # type: ignore[attr-defined]
-
-
 # -- global random state -------------------------------------------------------------------
 
 
@@ -520,18 +511,45 @@ def test_a_draw_of_only_the_cached_gaussian_is_seen():
 # -- outside computations, and faults -----------------------------------------------------
 
 
-def test_nothing_is_left_instrumented_outside_computations():
-    seed, set_state, python_seed = np.random.seed, np.random.set_state, random.seed
+def test_reads_outside_computations_are_nobody_s_inputs(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    calls = Calls()
 
     @cached_result(cache=SimpleCache())
+    def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    monkeypatch.setenv("NBCACHE_TEST_OUTSIDE", "1")
+    (workdir / "outside.txt").write_text("1")
+    assert square(3) == 9
+    assert os.environ["NBCACHE_TEST_OUTSIDE"] == "1" and Path("outside.txt").read_text() == "1"
+    assert square(3) == 9  # a hit: nothing read around it became its input
+    monkeypatch.setenv("NBCACHE_TEST_OUTSIDE", "2")
+    (workdir / "outside.txt").write_text("2")
+    np.random.seed(4)
+    random.seed(4)
+    assert square(3) == 9 and len(calls) == 1
+
+
+def test_seeding_and_the_environment_behave_as_ever_once_followed():
+    @cached_result(cache=SimpleCache())
     def draw() -> float:
-        assert type(os.environ) is not os._Environ  # type: ignore[attr-defined]
-        return float(np.random.normal())
+        return float(np.random.normal()) + random.random()
 
     draw()
-    assert type(os.environ) is os._Environ  # type: ignore[attr-defined]
-    assert np.random.seed is seed and np.random.set_state is set_state
-    assert random.seed is python_seed
+    np.random.seed(4)
+    first = np.random.normal()
+    np.random.seed(4)
+    assert np.random.normal() == first
+    random.seed(4)
+    python_first = random.random()
+    random.setstate(random.getstate())
+    random.seed(4)
+    assert random.random() == python_first
+    assert isinstance(os.environ, os._Environ)  # type: ignore[attr-defined]
+    assert dict(os.environ) == os.environ.copy() and "PATH" in os.environ
 
 
 def test_a_fault_while_recording_never_breaks_the_computation(

@@ -112,8 +112,12 @@ class HiddenInputs:
         for name, use in self.random.items():
             if use.before is None:
                 continue
-            state = random_state.snapshot(name)
-            if state is None or random_state.state_digest(name, state) != use.before:
+            now = random_state.snapshot(name)
+            if (
+                now is None
+                or random_state.unsupported(now)
+                or random_state.state_digest(name, now) != use.before
+            ):
                 return (
                     f"the global random state of `{name}` differs from the one it was computed with"
                 )

@@ -1,21 +1,23 @@
 """What routes a running computation's hidden reads to its recording.
 
 - **Files.** One audit hook (PEP 578) sees every ``open`` made through Python, pandas' and
-  numpy's readers included, and the renames and removals. Audit hooks cannot be removed: it
-  is added once, on the first recording, and outside computations it returns after one
-  global lookup.
-- **Environment.** While at least one computation runs, ``os.environ`` and ``os.environb``
-  are of a subclass of ``os._Environ`` that reports the names read, listed and written; they
-  get their own class back when the last computation ends.
-- **Seeding.** While computations run, the module-level ``random.seed``/``setstate`` and
-  ``numpy.random.seed``/``set_state`` report that the generator's whole state is replaced,
-  so that a run that seeds before drawing does not depend on the state it started from.
+  numpy's readers included, and the renames and removals.
+- **Environment.** ``os.environ`` and ``os.environb`` become of a subclass of
+  ``os._Environ`` that reports the names read, listed and written.
+- **Seeding.** The module-level ``random.seed``/``setstate`` and ``numpy.random.seed``/
+  ``set_state`` report that the generator's whole state is replaced, so that a run that seeds
+  before drawing does not depend on the state it started from.
 - **Threads.** A ``threading.Thread`` started while a computation runs counts as part of it
   (from Python 3.12 through the audit event of the thread's start, before that by wrapping
   the function ``threading`` starts threads with). Work handed to threads that already ran
   (a pool started earlier) cannot be told apart and is not recorded. Asynchronous tasks see
   the recording through a context variable, so coroutines interleaving on one thread are
   kept apart.
+
+All of it is put in place once, on the first recording (an audit hook cannot be removed;
+putting the rest in place and back around every computation would cost each miss more than
+it saves), and it is inert outside computations: the audit hook returns after one global
+lookup, an environment read or a seeding call costs one context-variable lookup more.
 
 A recording is anything with the :class:`Sink` methods. Nothing here may raise into the
 computation: a sink that fails is told so (:meth:`Sink.failed`) and stores nothing.
@@ -45,6 +47,8 @@ class Sink(Protocol):
 
     def wrote(self, *paths: Any) -> None: ...
 
+    def changing_directory(self) -> None: ...
+
     def read_variable(self, name: str | bytes, value: str | bytes | None) -> None: ...
 
     def listed_variables(self, names: list[str]) -> None: ...
@@ -69,8 +73,8 @@ _current: contextvars.ContextVar[Sink | _Paused | None] = contextvars.ContextVar
 _adopted: weakref.WeakKeyDictionary[threading.Thread, Sink] = weakref.WeakKeyDictionary()
 _active = 0  # computations recording now: the audit hook's gate
 _lock = threading.Lock()
-_hook_added = False
-_restore: list[Callable[[], None]] = []
+_installed = False
+_unwrapped = set(SEEDING)  # generators whose module was not imported yet
 
 
 def current() -> Sink | None:
@@ -99,20 +103,19 @@ class unrecorded:  # lower case: used like a function, ``with unrecorded():``
 
 
 def start(sink: Sink) -> contextvars.Token[Sink | _Paused | None]:
-    """Make ``sink`` the current recording (of this thread or task) and switch routing on."""
-    global _active, _hook_added
+    """Make ``sink`` the current recording (of this thread or task)."""
+    global _active
     with _lock:
-        if not _hook_added:
-            sys.addaudithook(_audit)
-            _hook_added = True
-        if _active == 0:
+        if not _installed:
             _install()
+        if _unwrapped:
+            _wrap_seeding()
         _active += 1
     return _current.set(sink)
 
 
 def stop(token: contextvars.Token[Sink | _Paused | None], parent: Sink | None) -> None:
-    """Undo :func:`start`; routing switches off when no computation records any more."""
+    """Undo :func:`start`."""
     global _active
     try:
         _current.reset(token)
@@ -120,8 +123,6 @@ def stop(token: contextvars.Token[Sink | _Paused | None], parent: Sink | None) -
         _current.set(parent)
     with _lock:
         _active -= 1
-        if _active == 0:
-            _uninstall()
 
 
 def chain(sink: Sink | None) -> Iterator[Sink]:
@@ -166,6 +167,12 @@ def _on_change(*positions: int) -> Callable[[tuple[Any, ...]], None]:
     return changed
 
 
+def _on_chdir(args: tuple[Any, ...]) -> None:
+    sink = current()
+    if sink is not None:
+        sink.changing_directory()
+
+
 def _on_thread_start(args: tuple[Any, ...]) -> None:
     _adopt(getattr(args[0], "__self__", None))
 
@@ -178,6 +185,7 @@ def _adopt(thread: object) -> None:
 
 _HANDLERS: dict[str, Callable[[tuple[Any, ...]], None]] = {
     "open": _on_open,
+    "os.chdir": _on_chdir,
     "os.rename": _on_change(0, 1),  # os.rename and os.replace
     "os.remove": _on_change(0),  # os.remove and os.unlink
     "os.truncate": _on_change(0),
@@ -240,50 +248,26 @@ def _report(method: Callable[..., None], *args: Any) -> None:
 
 
 def _install() -> None:
+    global _installed
+    sys.addaudithook(_audit)
     for mapping in (os.environ, getattr(os, "environb", None)):
         if type(mapping) is os._Environ:  # type: ignore[attr-defined]
             mapping.__class__ = _RecordingEnviron
-            _restore.append(functools.partial(_put_class_back, mapping))
-    for generator, functions in SEEDING.items():
-        module = sys.modules.get(generator)
-        for name in functions if module is not None else ():
-            _wrap(module, name, functools.partial(_seeding, generator))
     if sys.version_info < (3, 12):  # no audit event for a thread's start
-        _wrap(threading, "_start_new_thread", _thread_starter)
+        threading._start_new_thread = _thread_starter(threading._start_new_thread)  # type: ignore[attr-defined]
+    _installed = True
 
 
-def _uninstall() -> None:
-    while _restore:
-        _restore.pop()()
-
-
-#: (id of the original, kind) -> (original, wrapper): each function is wrapped once.
-_wrappers: dict[tuple[int, Callable[..., Any]], tuple[object, Callable[..., Any]]] = {}
-
-
-def _wrap(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    """Replace ``owner.name`` by a wrapper ``make`` builds, until :func:`_uninstall`."""
-    original = getattr(owner, name, None)
-    if not callable(original):
-        return
-    kind = make.func if isinstance(make, functools.partial) else make
-    known = _wrappers.get((id(original), kind))
-    if known is None or known[0] is not original:
-        known = (original, make(original))
-        _wrappers[(id(original), kind)] = known
-    wrapper = known[1]
-    setattr(owner, name, wrapper)
-    _restore.append(functools.partial(_put_back, owner, name, wrapper, original))
-
-
-def _put_class_back(mapping: Any) -> None:
-    if type(mapping) is _RecordingEnviron:
-        mapping.__class__ = os._Environ  # type: ignore[attr-defined,assignment]
-
-
-def _put_back(owner: Any, name: str, wrapper: object, original: object) -> None:
-    if getattr(owner, name, None) is wrapper:  # unless someone replaced it meanwhile
-        setattr(owner, name, original)
+def _wrap_seeding() -> None:
+    for generator in sorted(_unwrapped):
+        module = sys.modules.get(generator)
+        if module is None:
+            continue
+        _unwrapped.discard(generator)
+        for name in SEEDING[generator]:
+            original = getattr(module, name, None)
+            if callable(original):
+                setattr(module, name, _seeding(generator, original))
 
 
 def _seeding(generator: str, original: Callable[..., Any]) -> Callable[..., Any]:

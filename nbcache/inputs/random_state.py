@@ -4,17 +4,18 @@ A computation that draws from a global generator depends on its state before the
 input) and leaves it advanced (an output that a hit restores). Telling whether a run drew
 means comparing the state before and after every computation, so taking a snapshot must cost
 well under a microsecond, and the public ways do not: ``random.getstate()`` builds 625
-integers, numpy's ``get_state()`` a dict and an array (5 to 80 us). A snapshot here is the
-generator's state as bytes in one portable layout (:func:`snapshot`), copied straight from
-its memory: for ``numpy.random`` from the bit generator's public ``ctypes`` state address
-plus the legacy Gaussian cache of ``RandomState``; for ``random`` from its C object. Where
-that memory lies is found once per process on a private generator and verified against
-``getstate()``; if anything does not match (another interpreter, another numpy), snapshots
-come from ``getstate()`` instead: slower, equally exact.
+integers, numpy's ``get_state()`` a dict and an array (5 to 80 us). A snapshot here
+(:func:`snapshot`) is a copy of the generator's memory: for ``numpy.random`` from the bit
+generator's public ``ctypes`` state address plus the legacy Gaussian cache of
+``RandomState``; for ``random`` from its C object. Where that memory lies is found once per
+process on a private generator and verified against ``getstate()``; if anything does not
+match (another interpreter, another numpy), snapshots come from ``getstate()`` instead:
+slower, equally exact. Snapshots compare equal exactly when the states are equal; only a
+changed one is turned into the portable layout that is digested and stored (:func:`state`).
 
 Only the generators' default kinds are followed: ``random.Random`` and numpy's legacy
-``RandomState`` over ``MT19937``. A snapshot of any other (``np.random.set_bit_generator``)
-starts with :data:`UNSUPPORTED`: a run that changes it cannot be cached.
+``RandomState`` over ``MT19937``. The snapshot of any other (``np.random.set_bit_generator``)
+is :func:`unsupported`: a run that changes it cannot be cached.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ import xxhash
 GENERATORS = ("random", "numpy.random")
 #: Module-level functions that replace a generator's whole state.
 SEEDING = {"random": ("seed", "setstate"), "numpy.random": ("seed", "set_state")}
-UNSUPPORTED = b"?"
+
+#: A snapshot: a kind ("python", "numpy", "state", "unsupported") and what was read.
+Snapshot = tuple[Any, ...]
 
 _WORDS = 624
 _MT = struct.Struct("<624Ii")  # numpy's mt19937_state: key[624], pos
@@ -43,7 +46,7 @@ _NO_GAUSS = bytes(8)
 _LITTLE = sys.byteorder == "little"
 
 
-def snapshot(name: str) -> bytes | None:
+def snapshot(name: str) -> Snapshot | None:
     """The state of the global generator of module ``name``, or None if it is not imported."""
     module = sys.modules.get(name)
     if module is None:
@@ -51,17 +54,50 @@ def snapshot(name: str) -> bytes | None:
     try:
         return _READERS[name](module)
     except Exception:  # a generator replaced by something else: its changes cannot be followed
-        return UNSUPPORTED
+        return ("unsupported", None)
 
 
-def state_digest(name: str, state: bytes) -> str:
-    """A digest of a snapshot, the same on every machine for the same state."""
-    return xxhash.xxh3_128_hexdigest(name.encode() + b"\0" + state)
+def snapshots() -> dict[str, Snapshot]:
+    """A snapshot of each global generator whose module is imported."""
+    taken = {}
+    for name, read in _READERS.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            try:
+                taken[name] = read(module)
+            except Exception:  # a generator replaced by something else
+                taken[name] = ("unsupported", None)
+    return taken
 
 
-def export(state: bytes) -> str:
-    """A snapshot as text, for an entry's metadata."""
-    return base64.b64encode(state).decode("ascii")
+def unsupported(taken: Snapshot) -> bool:
+    """Whether ``taken`` is of a generator whose state this module cannot store."""
+    return bool(taken[0] == "unsupported")
+
+
+def state(taken: Snapshot) -> bytes:
+    """A supported snapshot in the portable layout, the same on every machine."""
+    kind = taken[0]
+    if kind == "python":
+        _, words, next_gauss = taken
+        return bytes(words) + _GAUSS.pack(next_gauss is not None, next_gauss or 0.0)
+    if kind == "numpy":
+        _, words, legacy = taken
+        has_gauss: bytes = legacy[:4]
+        cached: bytes = legacy[8:] if has_gauss != b"\0\0\0\0" else _NO_GAUSS
+        return bytes(words) + has_gauss + cached
+    assert kind == "state", f"no portable state for a {kind} snapshot"
+    return bytes(taken[1])
+
+
+def state_digest(name: str, taken: Snapshot) -> str:
+    """A digest of a snapshot's state, the same on every machine for the same state."""
+    return xxhash.xxh3_128_hexdigest(name.encode() + b"\0" + state(taken))
+
+
+def export(taken: Snapshot) -> str:
+    """A snapshot's state as text, for an entry's metadata."""
+    return base64.b64encode(state(taken)).decode("ascii")
 
 
 def restore(name: str, exported: str) -> None:
@@ -73,17 +109,17 @@ def restore(name: str, exported: str) -> None:
     import importlib
 
     module = importlib.import_module(name)
-    state = base64.b64decode(exported.encode("ascii"), validate=True)
+    raw = base64.b64decode(exported.encode("ascii"), validate=True)
     if name == "random":
-        index, *words = _PY.unpack_from(state)
-        has_gauss, gauss = _GAUSS.unpack_from(state, _PY.size)
+        index, *words = _PY.unpack_from(raw)
+        has_gauss, gauss = _GAUSS.unpack_from(raw, _PY.size)
         module._inst.setstate((3, (*words, index), gauss if has_gauss else None))
     else:
         import numpy
 
-        key = numpy.frombuffer(state, "<u4", _WORDS).astype(numpy.uint32)
-        pos = _MT.unpack_from(state)[-1]
-        has_gauss, gauss = _LEGACY.unpack_from(state, _MT.size)
+        key = numpy.frombuffer(raw, "<u4", _WORDS).astype(numpy.uint32)
+        pos = _MT.unpack_from(raw)[-1]
+        has_gauss, gauss = _LEGACY.unpack_from(raw, _MT.size)
         module.mtrand._rand.set_state(("MT19937", key, pos, has_gauss, gauss))
 
 
@@ -97,16 +133,14 @@ class _PythonRandom:
         self.instance: object = None
         self.memory: Any = None  # a ctypes array over index + words, or None: use getstate
 
-    def __call__(self, module: Any) -> bytes:
+    def __call__(self, module: Any) -> Snapshot:
         instance = module._inst
         if instance is not self.instance:
             self.instance, self.memory = instance, _python_random_memory(instance)
         gauss = getattr(instance, "gauss_next", None)
-        tail = _GAUSS.pack(gauss is not None, gauss or 0.0)
         if self.memory is not None:
-            words: bytes = self.memory.raw
-            return words + tail
-        return _python_random_state(instance) + tail
+            return ("python", self.memory.raw, gauss)
+        return ("python", _python_random_state(instance), gauss)
 
 
 def _python_random_state(instance: Any) -> bytes:
@@ -157,28 +191,26 @@ class _NumpyLegacy:
         self.bit_generator: object = None
         self.memory: tuple[Any, Any] | None = None  # (mt19937 state, has_gauss..gauss) views
 
-    def __call__(self, module: Any) -> bytes:
+    def __call__(self, module: Any) -> Snapshot:
         generator = module.mtrand._rand
         bit_generator = generator._bit_generator
         if generator is not self.generator or bit_generator is not self.bit_generator:
             self.generator, self.bit_generator = generator, bit_generator
             self.memory = _numpy_memory(generator)
         if self.memory is None:
-            return _numpy_state(generator)
-        return _from_views(*self.memory)
+            return _numpy_snapshot(generator)
+        words, legacy = self.memory  # legacy: int has_gauss, 4 bytes of padding, double gauss
+        return ("numpy", words.raw, legacy.raw)
 
 
-def _from_views(state: Any, legacy: Any) -> bytes:
-    words: bytes = state.raw
-    cached: bytes = legacy.raw  # int has_gauss, 4 bytes of padding, double gauss
-    has_gauss = cached[:4]
-    return words + has_gauss + (cached[8:] if has_gauss != b"\0\0\0\0" else _NO_GAUSS)
+def _numpy_snapshot(generator: Any) -> Snapshot:
+    if type(generator._bit_generator).__name__ != "MT19937":
+        # Another bit generator: its state (a dict) is compared as it is, never restored.
+        return ("unsupported", pickle.dumps(generator.get_state(legacy=False)))
+    return ("state", _numpy_state(generator))
 
 
 def _numpy_state(generator: Any) -> bytes:
-    if type(generator._bit_generator).__name__ != "MT19937":
-        # Another bit generator: its state (a dict) is compared as it is, never restored.
-        return UNSUPPORTED + pickle.dumps(generator.get_state(legacy=False))
     _, key, pos, has_gauss, gauss = generator.get_state(legacy=True)
     words: bytes = key.astype("<u4").tobytes()
     return words + struct.pack("<i", pos) + _LEGACY.pack(has_gauss, gauss if has_gauss else 0.0)
@@ -223,6 +255,10 @@ def _numpy_memory(generator: Any) -> tuple[Any, Any] | None:
         return None
 
 
+def _from_views(words: Any, legacy: Any) -> bytes:
+    return state(("numpy", words.raw, legacy.raw))
+
+
 def _legacy_offset(generator: Any, ctypes: Any) -> int | None:
     """Where ``has_gauss`` lies in ``generator``: after a pointer to its bit generator copy."""
     size = type(generator).__basicsize__
@@ -239,7 +275,7 @@ def _legacy_offset(generator: Any, ctypes: Any) -> int | None:
     return pointers[0] * 8 + 8
 
 
-_READERS: dict[str, Callable[[Any], bytes]] = {
+_READERS: dict[str, Callable[[Any], Snapshot]] = {
     "random": _PythonRandom(),
     "numpy.random": _NumpyLegacy(),
 }

@@ -51,6 +51,24 @@ class Recording:
     result must not be stored (None if it may).
     """
 
+    __slots__ = (
+        "_cwd",
+        "_files",
+        "_globs",
+        "_random_before",
+        "_seeded_first",
+        "_seeding_seen",
+        "_token",
+        "_variables",
+        "_variables_written",
+        "_written",
+        "closed",
+        "depends_on",
+        "inputs",
+        "parent",
+        "problem",
+    )
+
     def __init__(self, depends_on: Sequence[str] = ()) -> None:
         self.depends_on = tuple(depends_on)
         self.parent: instrumentation.Sink | None = None
@@ -58,24 +76,20 @@ class Recording:
         self.inputs = _NOTHING
         self.problem: str | None = None
         self._globs: dict[str, list[str]] = {}
-        self._cwd = ""
+        self._cwd: str | None = None  # where the computation started, taken when first needed
         # absolute path -> (path as the computation saw it, identity when first read)
         self._files: dict[str, tuple[str, Found]] = {}
         self._written: set[str] = set()
         self._variables: dict[str, str | None] = {}
         self._variables_written: set[str] = set()
-        self._random_before: dict[str, bytes] = {}
+        self._random_before: dict[str, random_state.Snapshot] = {}
         self._seeded_first: set[str] = set()
         self._seeding_seen: set[str] = set()
         self._token: Any = None
 
     def __enter__(self) -> Recording:
-        self._cwd = os.getcwd()
         self.parent = instrumentation.current()
-        for name in random_state.GENERATORS:
-            state = random_state.snapshot(name)
-            if state is not None:
-                self._random_before[name] = state
+        self._random_before = random_state.snapshots()
         for pattern in self.depends_on:
             matches = expand(pattern)
             self._globs[pattern] = matches
@@ -96,8 +110,7 @@ class Recording:
         if kind is not None and parent is None:
             return  # nothing will be stored, and no enclosing computation needs to know
         try:
-            with instrumentation.unrecorded():  # digests read files: not the computation
-                self._finish()
+            self._finish()
         except Exception as problem:  # never fail a computation that succeeded
             self.failed(problem)
         if parent is not None:
@@ -119,6 +132,17 @@ class Recording:
         if not declared and not is_candidate(absolute):
             return
         self._files[absolute] = (self._seen(path, absolute), identity_of(absolute, time.time_ns()))
+
+    def changing_directory(self) -> None:
+        """The working directory is about to change: remember where the computation started."""
+        for recording in instrumentation.chain(self):
+            if isinstance(recording, Recording):
+                recording._start_directory()
+
+    def _start_directory(self) -> str:
+        if self._cwd is None:
+            self._cwd = os.getcwd()
+        return self._cwd
 
     def wrote(self, *paths: Any) -> None:
         for path in paths:
@@ -154,7 +178,7 @@ class Recording:
 
     def absorb(self, inputs: HiddenInputs, child: Recording | None = None) -> None:
         """Take in the inputs of a computation run or reused inside this one."""
-        cwd = child._cwd if child is not None else os.getcwd()
+        cwd = child._start_directory() if child is not None else os.getcwd()
         for path, identity in inputs.files.items():
             absolute = os.path.normpath(os.path.join(cwd, path))
             if absolute not in self._files and absolute not in self._written:
@@ -174,13 +198,12 @@ class Recording:
 
     def _finish(self) -> None:
         random = {}
+        now = random_state.snapshots() if self._random_before else {}
         for name, before in self._random_before.items():
-            after = random_state.snapshot(name)
+            after = now.get(name)
             if after is None or after == before:
                 continue
-            if before.startswith(random_state.UNSUPPORTED) or after.startswith(
-                random_state.UNSUPPORTED
-            ):
+            if random_state.unsupported(before) or random_state.unsupported(after):
                 self.problem = f"it draws from `{name}`'s global generator of a kind not followed"
                 continue
             used_before = name not in self._seeded_first
@@ -191,13 +214,15 @@ class Recording:
         if not (self._files or self._globs or self._variables or random):
             return
         files: dict[str, Found] = {}
-        limit = digest_limit() if self._files else 0
-        for absolute, (seen, identity) in list(self._files.items()):
-            if absolute in self._written:
-                continue
-            if isinstance(identity, FileIdentity):
-                identity = with_digest(absolute, identity, limit)
-            files[seen] = identity
+        if self._files:
+            with instrumentation.unrecorded():  # nbcache reads them, not the computation
+                limit = digest_limit()
+                for absolute, (seen, identity) in list(self._files.items()):
+                    if absolute in self._written:
+                        continue
+                    if isinstance(identity, FileIdentity):
+                        identity = with_digest(absolute, identity, limit)
+                    files[seen] = identity
         self.inputs = HiddenInputs(files, dict(self._globs), dict(self._variables), random)
 
     def _seen(self, path: Any, absolute: str) -> str:
@@ -205,7 +230,7 @@ class Recording:
         given = os.fsdecode(path) if not isinstance(path, str) else path
         if os.path.isabs(given):
             return os.path.normpath(given)
-        return os.path.relpath(absolute, self._cwd)
+        return os.path.relpath(absolute, self._start_directory())
 
 
 def declared_patterns(depends_on: Iterable[str | os.PathLike[str]] | str) -> tuple[str, ...]:
