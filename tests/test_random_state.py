@@ -45,8 +45,8 @@ def snapshot_state(name: str) -> bytes:
 def test_both_generators_are_read_from_memory_here() -> None:
     random_state.snapshot("random")
     random_state.snapshot("numpy.random")
-    assert random_state._READERS["random"].memory is not None  # type: ignore[attr-defined]
-    assert random_state._READERS["numpy.random"].memory is not None  # type: ignore[attr-defined]
+    assert random_state._views.python is not None
+    assert random_state._views.numpy is not None
 
 
 def test_python_snapshots_equal_the_public_state_in_every_state() -> None:

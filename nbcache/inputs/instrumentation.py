@@ -71,7 +71,8 @@ _current: contextvars.ContextVar[Sink | _Paused | None] = contextvars.ContextVar
     "nbcache_recording", default=None
 )
 _adopted: weakref.WeakKeyDictionary[threading.Thread, Sink] = weakref.WeakKeyDictionary()
-_active = 0  # computations recording now: the audit hook's gate
+_any_adopted = False  # cheaper to test than the (Python-level) length of _adopted
+_running: list[Sink] = []  # recordings in progress (list operations are atomic)
 _lock = threading.Lock()
 _installed = False
 _unwrapped = set(SEEDING)  # generators whose module was not imported yet
@@ -84,7 +85,7 @@ def current() -> Sink | None:
         return None
     sink = found
     if sink is None:
-        if not _adopted:
+        if not _any_adopted:
             return None
         sink = _adopted.get(threading.current_thread())
     while sink is not None and sink.closed:
@@ -104,25 +105,23 @@ class unrecorded:  # lower case: used like a function, ``with unrecorded():``
 
 def start(sink: Sink) -> contextvars.Token[Sink | _Paused | None]:
     """Make ``sink`` the current recording (of this thread or task)."""
-    global _active
-    with _lock:
-        if not _installed:
-            _install()
-        if _unwrapped:
+    if not _installed:
+        _install()
+    for generator in _unwrapped:
+        if generator in sys.modules:  # imported since: follow its seeding too
             _wrap_seeding()
-        _active += 1
+            break
+    _running.append(sink)
     return _current.set(sink)
 
 
-def stop(token: contextvars.Token[Sink | _Paused | None], parent: Sink | None) -> None:
+def stop(sink: Sink, token: contextvars.Token[Sink | _Paused | None]) -> None:
     """Undo :func:`start`."""
-    global _active
     try:
         _current.reset(token)
     except ValueError:  # ended in another context than it started (a generator's frame)
-        _current.set(parent)
-    with _lock:
-        _active -= 1
+        _current.set(sink.parent)
+    _running.remove(sink)
 
 
 def chain(sink: Sink | None) -> Iterator[Sink]:
@@ -137,7 +136,7 @@ def chain(sink: Sink | None) -> Iterator[Sink]:
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if not _active:
+    if not _running:
         return
     handler = _HANDLERS.get(event)
     if handler is None:
@@ -178,9 +177,11 @@ def _on_thread_start(args: tuple[Any, ...]) -> None:
 
 
 def _adopt(thread: object) -> None:
+    global _any_adopted
     sink = current()
     if sink is not None and isinstance(thread, threading.Thread):
         _adopted[thread] = sink
+        _any_adopted = True
 
 
 _HANDLERS: dict[str, Callable[[tuple[Any, ...]], None]] = {
@@ -249,21 +250,25 @@ def _report(method: Callable[..., None], *args: Any) -> None:
 
 def _install() -> None:
     global _installed
-    sys.addaudithook(_audit)
-    for mapping in (os.environ, getattr(os, "environb", None)):
-        if type(mapping) is os._Environ:  # type: ignore[attr-defined]
-            mapping.__class__ = _RecordingEnviron
-    if sys.version_info < (3, 12):  # no audit event for a thread's start
-        threading._start_new_thread = _thread_starter(threading._start_new_thread)  # type: ignore[attr-defined]
-    _installed = True
+    with _lock:
+        if _installed:
+            return
+        sys.addaudithook(_audit)
+        for mapping in (os.environ, getattr(os, "environb", None)):
+            if type(mapping) is os._Environ:  # type: ignore[attr-defined]
+                mapping.__class__ = _RecordingEnviron
+        if sys.version_info < (3, 12):  # no audit event for a thread's start
+            starter = _thread_starter(threading._start_new_thread)  # type: ignore[attr-defined]
+            threading._start_new_thread = starter  # type: ignore[attr-defined]
+        _installed = True
 
 
 def _wrap_seeding() -> None:
-    for generator in sorted(_unwrapped):
-        module = sys.modules.get(generator)
-        if module is None:
-            continue
-        _unwrapped.discard(generator)
+    with _lock:
+        ready = [generator for generator in sorted(_unwrapped) if generator in sys.modules]
+        _unwrapped.difference_update(ready)
+    for generator in ready:
+        module = sys.modules[generator]
         for name in SEEDING[generator]:
             original = getattr(module, name, None)
             if callable(original):
@@ -284,7 +289,7 @@ def _seeding(generator: str, original: Callable[..., Any]) -> Callable[..., Any]
 def _thread_starter(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def start_new_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
-        if _active:
+        if _running:
             _adopt(getattr(function, "__self__", None))
         return original(function, *args, **kwargs)
 

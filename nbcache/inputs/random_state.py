@@ -126,21 +126,29 @@ def restore(name: str, exported: str) -> None:
 # -- random -------------------------------------------------------------------------------
 
 
-class _PythonRandom:
-    """Snapshots of ``random._inst``: its index and 624 words, and the cached Gaussian."""
+class _Views:
+    """Where each global generator's state lies in memory, found once per generator object."""
 
-    def __init__(self) -> None:
-        self.instance: object = None
-        self.memory: Any = None  # a ctypes array over index + words, or None: use getstate
+    python_instance: object = None
+    python: Any = None  # a ctypes array over index + words, or None: use getstate()
+    numpy_generator: object = None
+    numpy_bits: object = None
+    numpy: tuple[Any, Any] | None = None  # (mt19937 state, has_gauss..gauss), or None
 
-    def __call__(self, module: Any) -> Snapshot:
-        instance = module._inst
-        if instance is not self.instance:
-            self.instance, self.memory = instance, _python_random_memory(instance)
-        gauss = getattr(instance, "gauss_next", None)
-        if self.memory is not None:
-            return ("python", self.memory.raw, gauss)
-        return ("python", _python_random_state(instance), gauss)
+
+_views = _Views()
+
+
+def _read_python(module: Any) -> Snapshot:
+    """``random._inst``: its index and 624 words, and the cached Gaussian."""
+    instance = module._inst
+    if instance is not _views.python_instance:
+        _views.python_instance, _views.python = instance, _python_random_memory(instance)
+    memory = _views.python
+    gauss = getattr(instance, "gauss_next", None)
+    if memory is not None:
+        return ("python", memory.raw, gauss)
+    return ("python", _python_random_state(instance), gauss)
 
 
 def _python_random_state(instance: Any) -> bytes:
@@ -183,24 +191,18 @@ def _offset_of(instance: object, needle: bytes, ctypes: Any) -> int | None:
 # -- numpy.random -------------------------------------------------------------------------
 
 
-class _NumpyLegacy:
-    """Snapshots of ``numpy.random.mtrand._rand``: MT19937 key and position, cached Gaussian."""
-
-    def __init__(self) -> None:
-        self.generator: object = None
-        self.bit_generator: object = None
-        self.memory: tuple[Any, Any] | None = None  # (mt19937 state, has_gauss..gauss) views
-
-    def __call__(self, module: Any) -> Snapshot:
-        generator = module.mtrand._rand
-        bit_generator = generator._bit_generator
-        if generator is not self.generator or bit_generator is not self.bit_generator:
-            self.generator, self.bit_generator = generator, bit_generator
-            self.memory = _numpy_memory(generator)
-        if self.memory is None:
-            return _numpy_snapshot(generator)
-        words, legacy = self.memory  # legacy: int has_gauss, 4 bytes of padding, double gauss
-        return ("numpy", words.raw, legacy.raw)
+def _read_numpy(module: Any) -> Snapshot:
+    """``numpy.random.mtrand._rand``: MT19937 key and position, and the cached Gaussian."""
+    generator = module.mtrand._rand
+    bits = generator._bit_generator
+    if generator is not _views.numpy_generator or bits is not _views.numpy_bits:
+        _views.numpy_generator, _views.numpy_bits = generator, bits
+        _views.numpy = _numpy_memory(generator)
+    memory = _views.numpy
+    if memory is None:
+        return _numpy_snapshot(generator)
+    words, legacy = memory  # legacy: int has_gauss, 4 bytes of padding, double gauss
+    return ("numpy", words.raw, legacy.raw)
 
 
 def _numpy_snapshot(generator: Any) -> Snapshot:
@@ -276,6 +278,6 @@ def _legacy_offset(generator: Any, ctypes: Any) -> int | None:
 
 
 _READERS: dict[str, Callable[[Any], Snapshot]] = {
-    "random": _PythonRandom(),
-    "numpy.random": _NumpyLegacy(),
+    "random": _read_python,
+    "numpy.random": _read_numpy,
 }

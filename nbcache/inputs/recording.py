@@ -42,6 +42,21 @@ _NOTHING = HiddenInputs()
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
+class _Reads:
+    """What a computation read and wrote, made on its first report (most record nothing)."""
+
+    __slots__ = ("files", "globs", "seeded_first", "seeding_seen", "variables", "written")
+
+    def __init__(self) -> None:
+        # absolute path -> (path as the computation saw it, what was there when first read)
+        self.files: dict[str, tuple[str, Found]] = {}
+        self.written: set[str] = set()  # files, and environment variables as "$NAME"
+        self.globs: dict[str, list[str]] = {}
+        self.variables: dict[str, str | None] = {}
+        self.seeding_seen: set[str] = set()
+        self.seeded_first: set[str] = set()
+
+
 class Recording:
     """The hidden inputs of one computation, recorded while it runs (a context manager).
 
@@ -53,15 +68,9 @@ class Recording:
 
     __slots__ = (
         "_cwd",
-        "_files",
-        "_globs",
         "_random_before",
-        "_seeded_first",
-        "_seeding_seen",
+        "_reads",
         "_token",
-        "_variables",
-        "_variables_written",
-        "_written",
         "closed",
         "depends_on",
         "inputs",
@@ -70,21 +79,14 @@ class Recording:
     )
 
     def __init__(self, depends_on: Sequence[str] = ()) -> None:
-        self.depends_on = tuple(depends_on)
+        self.depends_on = depends_on
         self.parent: instrumentation.Sink | None = None
         self.closed = False
         self.inputs = _NOTHING
         self.problem: str | None = None
-        self._globs: dict[str, list[str]] = {}
         self._cwd: str | None = None  # where the computation started, taken when first needed
-        # absolute path -> (path as the computation saw it, identity when first read)
-        self._files: dict[str, tuple[str, Found]] = {}
-        self._written: set[str] = set()
-        self._variables: dict[str, str | None] = {}
-        self._variables_written: set[str] = set()
+        self._reads: _Reads | None = None
         self._random_before: dict[str, random_state.Snapshot] = {}
-        self._seeded_first: set[str] = set()
-        self._seeding_seen: set[str] = set()
         self._token: Any = None
 
     def __enter__(self) -> Recording:
@@ -92,7 +94,7 @@ class Recording:
         self._random_before = random_state.snapshots()
         for pattern in self.depends_on:
             matches = expand(pattern)
-            self._globs[pattern] = matches
+            self._recorded().globs[pattern] = matches
             for path in matches:
                 self._read(path, declared=True)
         self._token = instrumentation.start(self)
@@ -104,7 +106,7 @@ class Recording:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        instrumentation.stop(self._token, self.parent)
+        instrumentation.stop(self, self._token)
         self.closed = True
         parent = self.parent if isinstance(self.parent, Recording) else None
         if kind is not None and parent is None:
@@ -116,6 +118,12 @@ class Recording:
         if parent is not None:
             parent.absorb(self.inputs, self)
 
+    def _recorded(self) -> _Reads:
+        reads = self._reads
+        if reads is None:
+            reads = self._reads = _Reads()
+        return reads
+
     # -- what instrumentation reports ----------------------------------------------------
 
     def opened(self, path: Any, mode: Any, flags: Any) -> None:
@@ -126,12 +134,14 @@ class Recording:
             self._read(path, declared=False)
 
     def _read(self, path: Any, *, declared: bool) -> None:
+        reads = self._recorded()
         absolute = absolute_path(path)
-        if absolute is None or absolute in self._files or absolute in self._written:
+        if absolute is None or absolute in reads.files or absolute in reads.written:
             return
         if not declared and not is_candidate(absolute):
             return
-        self._files[absolute] = (self._seen(path, absolute), identity_of(absolute, time.time_ns()))
+        found = identity_of(absolute, time.time_ns())
+        reads.files[absolute] = (self._seen(path, absolute), found)
 
     def changing_directory(self) -> None:
         """The working directory is about to change: remember where the computation started."""
@@ -145,32 +155,38 @@ class Recording:
         return self._cwd
 
     def wrote(self, *paths: Any) -> None:
+        written = self._recorded().written
         for path in paths:
             absolute = absolute_path(path)
             if absolute is not None:
-                self._written.add(absolute)
+                written.add(absolute)
 
     def read_variable(self, name: str | bytes, value: str | bytes | None) -> None:
+        reads = self._recorded()
         decoded = os.fsdecode(name)
-        if decoded not in self._variables and decoded not in self._variables_written:
-            self._variables[decoded] = environment.value_digest(value)
+        if decoded not in reads.variables and "$" + decoded not in reads.written:
+            reads.variables[decoded] = environment.value_digest(value)
 
     def listed_variables(self, names: list[str]) -> None:
-        if environment.ALL_NAMES not in self._variables:
-            self._variables[environment.ALL_NAMES] = environment.names_digest(names)
+        variables = self._recorded().variables
+        if environment.ALL_NAMES not in variables:
+            variables[environment.ALL_NAMES] = environment.names_digest(names)
 
     def wrote_variable(self, name: str | bytes) -> None:
-        self._variables_written.add(os.fsdecode(name))
+        self._recorded().written.add("$" + os.fsdecode(name))
 
     def reseeded(self, generator: str) -> None:
         """The computation replaces the generator's state: did it draw before?"""
         for recording in instrumentation.chain(self):
-            if not isinstance(recording, Recording) or generator in recording._seeding_seen:
+            if not isinstance(recording, Recording):
                 continue
-            recording._seeding_seen.add(generator)
+            reads = recording._recorded()
+            if generator in reads.seeding_seen:
+                continue
+            reads.seeding_seen.add(generator)
             before = recording._random_before.get(generator)
             if before is not None and random_state.snapshot(generator) == before:
-                recording._seeded_first.add(generator)
+                reads.seeded_first.add(generator)
 
     def failed(self, problem: BaseException) -> None:
         if self.problem is None:
@@ -178,25 +194,28 @@ class Recording:
 
     def absorb(self, inputs: HiddenInputs, child: Recording | None = None) -> None:
         """Take in the inputs of a computation run or reused inside this one."""
+        if child is not None and child.problem is not None and self.problem is None:
+            self.problem = child.problem
+        if not inputs and (child is None or child._reads is None):
+            return
+        reads = self._recorded()
         cwd = child._start_directory() if child is not None else os.getcwd()
-        for path, identity in inputs.files.items():
+        for path, found in inputs.files.items():
             absolute = os.path.normpath(os.path.join(cwd, path))
-            if absolute not in self._files and absolute not in self._written:
-                self._files[absolute] = (self._seen(path, absolute), identity)
+            if absolute not in reads.files and absolute not in reads.written:
+                reads.files[absolute] = (self._seen(path, absolute), found)
         for pattern, matches in inputs.globs.items():
-            self._globs.setdefault(pattern, matches)
+            reads.globs.setdefault(pattern, matches)
         for name, digest in inputs.variables.items():
-            if name not in self._variables_written:
-                self._variables.setdefault(name, digest)
-        if child is not None:
-            self._written |= child._written
-            self._variables_written |= child._variables_written
-            if child.problem is not None and self.problem is None:
-                self.problem = child.problem
+            if "$" + name not in reads.written:
+                reads.variables.setdefault(name, digest)
+        if child is not None and child._reads is not None:
+            reads.written |= child._reads.written
 
     # -- the end ----------------------------------------------------------------------------
 
     def _finish(self) -> None:
+        reads = self._reads
         random = {}
         now = random_state.snapshots() if self._random_before else {}
         for name, before in self._random_before.items():
@@ -206,24 +225,28 @@ class Recording:
             if random_state.unsupported(before) or random_state.unsupported(after):
                 self.problem = f"it draws from `{name}`'s global generator of a kind not followed"
                 continue
-            used_before = name not in self._seeded_first
+            used_before = reads is None or name not in reads.seeded_first
             random[name] = RandomUse(
                 random_state.state_digest(name, before) if used_before else None,
                 random_state.export(after),
             )
-        if not (self._files or self._globs or self._variables or random):
+        if reads is None:
+            if random:
+                self.inputs = HiddenInputs(random=random)
             return
         files: dict[str, Found] = {}
-        if self._files:
+        if reads.files:
             with instrumentation.unrecorded():  # nbcache reads them, not the computation
                 limit = digest_limit()
-                for absolute, (seen, identity) in list(self._files.items()):
-                    if absolute in self._written:
+                for absolute, (seen, found) in list(reads.files.items()):
+                    if absolute in reads.written:
                         continue
-                    if isinstance(identity, FileIdentity):
-                        identity = with_digest(absolute, identity, limit)
-                    files[seen] = identity
-        self.inputs = HiddenInputs(files, dict(self._globs), dict(self._variables), random)
+                    if isinstance(found, FileIdentity):
+                        found = with_digest(absolute, found, limit)
+                    files[seen] = found
+        inputs = HiddenInputs(files, dict(reads.globs), dict(reads.variables), random)
+        if inputs:
+            self.inputs = inputs
 
     def _seen(self, path: Any, absolute: str) -> str:
         """A path as the computation saw it: relative ones stay relative to where it started."""
