@@ -32,7 +32,7 @@ class Calls(list[Any]):
         return "calls"
 
 
-@pytest.fixture(params=["simple", "memcached"])
+@pytest.fixture(params=["simple", pytest.param("memcached", marks=pytest.mark.memcached)])
 def cache(request: pytest.FixtureRequest) -> Iterator[nbcache.Cache]:
     if request.param == "simple":
         yield SimpleCache()
