@@ -573,3 +573,17 @@ def test_a_fault_while_recording_never_breaks_the_computation(
     assert read("data.txt") == "one" and len(calls) == 2, "a result recorded badly is not stored"
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("nbcache")]
     assert any("was not stored: recording its inputs failed" in w for w in warnings)
+
+
+def test_a_variable_set_by_default_on_import_is_not_an_input(monkeypatch: pytest.MonkeyPatch):
+    """Libraries set defaults on import (``os.environ.setdefault``): reading first, then setting."""
+    calls = Calls()
+    monkeypatch.delenv("NBCACHE_TEST_DEFAULT", raising=False)
+
+    @cached_result(cache=SimpleCache())
+    def configure() -> str:
+        calls.append(1)
+        return os.environ.setdefault("NBCACHE_TEST_DEFAULT", "on")
+
+    assert configure() == "on"
+    assert configure() == "on" and len(calls) == 1

@@ -212,7 +212,7 @@ def test_kernels_with_different_files_under_one_path_share_no_result(
     assert kernels["north"].run_ok(LOAD_CELL).stdout == "total is 3\n"
     copy = kernels["copy"].run_ok(LOAD_CELL)
     assert runs(tmp_path) == 1, "the same bytes in another folder are the same input"
-    assert copy.stdout.startswith("nbcache: restored pd, sales from memcached")
+    assert copy.stdout.startswith("nbcache: restored sales from memcached")
     assert copy.stdout.endswith("total is 3\n")
 
     south = kernels["south"].run_ok(LOAD_CELL)

@@ -8,9 +8,10 @@
 Files are recorded as the computation opens them (their identity at that moment: a file
 changed while the computation ran then no longer matches, and the next check recomputes);
 content digests are taken when the computation ends. A file the computation wrote, renamed
-or removed is not an input. Environment variables are recorded as they are read (unless the
-computation set them first). Each global random generator is snapshotted before and after:
-one that changed was used, and is an input unless the run seeded it before drawing.
+or removed is not an input. Environment variables are recorded as they are read; one the
+computation set is not an input either (libraries call ``os.environ.setdefault`` on import).
+Each global random generator is snapshotted before and after: one that changed was used, and
+is an input unless the run seeded it before drawing.
 
 Recordings nest: a cached computation called inside another records into its own recording,
 which passes everything on to the enclosing one when it ends; a hit inside a computation
@@ -244,7 +245,12 @@ class Recording:
                     if isinstance(found, FileIdentity):
                         found = with_digest(absolute, found, limit)
                     files[seen] = found
-        inputs = HiddenInputs(files, dict(reads.globs), dict(reads.variables), random)
+        variables = {  # a variable the computation set is its own (os.environ.setdefault)
+            name: digest
+            for name, digest in reads.variables.items()
+            if "$" + name not in reads.written
+        }
+        inputs = HiddenInputs(files, dict(reads.globs), variables, random)
         if inputs:
             self.inputs = inputs
 
