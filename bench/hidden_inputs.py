@@ -17,6 +17,9 @@ for comparison.
 Workloads (``@cached_result`` on a SimpleCache, numpy imported, as in a notebook):
 
 - ``hit``: a small call whose entry records no hidden input (today's hit);
+- ``hit-unrecorded``: the same in a process where recording is switched off, so the audit hook
+  was never added: the difference is what the hook costs a hit (CPython's auditing of the
+  events a hit raises, such as reading a function's ``__code__``);
 - ``hit-10-files``: a small call whose entry records 10 files (1 KiB, written a while ago);
   the difference to ``hit`` is the check (target: at most 50 us);
 - ``stat-10-files``: ``os.stat`` of those 10 files, the floor of that check;
@@ -45,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 FILES = 10
 WORKLOADS = (
     "hit",
+    "hit-unrecorded",
     "hit-10-files",
     "stat-10-files",
     "miss",
@@ -86,7 +90,9 @@ def build(name: str, folder: Path) -> Callable[[], Any]:
                 sizes += len(file.read())
         return {"a": a, "b": b, "sum": sizes, "base": base}
 
-    if name == "hit":
+    if name in ("hit", "hit-unrecorded"):
+        if name == "hit-unrecorded":
+            switch_recording_off()
         small(1, "x")
         return lambda: small(1, "x")
     if name == "hit-10-files":
@@ -153,7 +159,7 @@ def run_timings(budget: float, names: list[str]) -> dict[str, float]:
 def run_callgrind(tree: Path | None, names: list[str]) -> dict[str, float]:
     """Instructions per call of each workload under callgrind."""
     results = {}
-    for name in [n for n in names if tree is None or n != "miss-unrecorded"]:
+    for name in [n for n in names if tree is None or not n.endswith("-unrecorded")]:
         totals = []
         for count in CALLGRIND_COUNTS:
             with tempfile.TemporaryDirectory() as scratch:
@@ -203,9 +209,11 @@ def report_timings(figures: dict[str, float]) -> None:
     if set(WORKLOADS) - set(us):
         return
     check = us["hit-10-files"] - us["hit"]
+    hooked_hit = us["hit"] - us["hit-unrecorded"]
     recording = us["miss"] - us["miss-unrecorded"]
     print(f"checking 10 files on a hit: {check:.1f} us ({us['stat-10-files']:.1f} us of it stat)")
     print(f"  target <= 50 us: {'met' if check <= 50 else 'missed'}")
+    print(f"the audit hook on a small hit: {hooked_hit:.2f} us")
     share = recording / us["miss-unrecorded"]
     print(f"recording on a miss that opens no file: {recording:.2f} us ({share:+.1%})")
     hooked = us["open-outside"] / us["open-no-hook"]
@@ -225,6 +233,11 @@ def report_callgrind(figures: dict[str, float], baseline: dict[str, float] | Non
         "recording on a miss that opens no file: "
         f"{figures['miss'] - figures['miss-unrecorded']:,.0f} instructions "
         f"({figures['miss'] / figures['miss-unrecorded'] - 1:+.1%})"
+    )
+    print(
+        "the audit hook on a hit: "
+        f"{figures['hit'] - figures['hit-unrecorded']:,.0f} instructions "
+        f"({figures['hit'] / figures['hit-unrecorded'] - 1:+.1%})"
     )
     if baseline is not None:
         for name in ("hit", "miss"):
