@@ -587,3 +587,25 @@ def test_a_variable_set_by_default_on_import_is_not_an_input(monkeypatch: pytest
 
     assert configure() == "on"
     assert configure() == "on" and len(calls) == 1
+
+
+def test_a_recording_that_cannot_start_still_lets_the_function_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    from nbcache.inputs import instrumentation
+
+    def refuse(sink: object) -> None:
+        raise RuntimeError("audit hooks are not allowed here")
+
+    monkeypatch.setattr(instrumentation, "start", refuse)
+    calls = Calls()
+
+    @cached_result(cache=SimpleCache())
+    def double(x: int) -> int:
+        calls.append(x)
+        return 2 * x
+
+    assert double(2) == 4 and double(2) == 4
+    assert len(calls) == 2, "a result whose inputs could not be recorded is not stored"
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("nbcache")]
+    assert any("audit hooks are not allowed here" in w for w in warnings)

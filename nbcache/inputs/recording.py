@@ -91,14 +91,17 @@ class Recording:
         self._token: Any = None
 
     def __enter__(self) -> Recording:
-        self.parent = instrumentation.current()
-        self._random_before = random_state.snapshots()
-        for pattern in self.depends_on:
-            matches = expand(pattern)
-            self._recorded().globs[pattern] = matches
-            for path in matches:
-                self._read(path, declared=True)
-        self._token = instrumentation.start(self)
+        try:
+            self.parent = instrumentation.current()
+            self._random_before = random_state.snapshots()
+            for pattern in self.depends_on:
+                matches = expand(pattern)
+                self._recorded().globs[pattern] = matches
+                for path in matches:
+                    self._read(path, declared=True)
+            self._token = instrumentation.start(self)
+        except Exception as problem:  # the computation runs all the same, and is not stored
+            self.failed(problem)
         return self
 
     def __exit__(
@@ -107,8 +110,11 @@ class Recording:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        instrumentation.stop(self, self._token)
+        if self._token is not None:
+            instrumentation.stop(self, self._token)
         self.closed = True
+        if self._token is None:
+            return  # it never started
         parent = self.parent if isinstance(self.parent, Recording) else None
         if kind is not None and parent is None:
             return  # nothing will be stored, and no enclosing computation needs to know
