@@ -609,3 +609,32 @@ def test_a_recording_that_cannot_start_still_lets_the_function_run(
     assert len(calls) == 2, "a result whose inputs could not be recorded is not stored"
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("nbcache")]
     assert any("audit hooks are not allowed here" in w for w in warnings)
+
+
+RECORD_ONE_FILE = """
+import json, sys
+from nbcache.inputs.recording import Recording
+with Recording() as recording:
+    open(sys.argv[1]).read()
+print(json.dumps(recording.inputs.to_json()))
+"""
+
+
+def test_what_recording_itself_reads_is_not_an_input(workdir: Path):
+    """Telling library files from the user's reads settings (HOME, ...) on first use: those
+    reads are nbcache's, not the computation's."""
+    import json
+    import subprocess
+    import sys
+
+    (workdir / "data.txt").write_text("one")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    printed = subprocess.run(
+        [sys.executable, "-c", RECORD_ONE_FILE, "data.txt"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    recorded = json.loads(printed)
+    assert list(recorded) == ["files"] and list(recorded["files"]) == ["data.txt"]

@@ -141,50 +141,47 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
     handler = _HANDLERS.get(event)
     if handler is None:
         return
-    try:
-        handler(args)
-    except Exception as problem:  # a bug here must not fail the computation's open()
-        sink = current()
-        if sink is not None:
-            sink.failed(problem)
-
-
-def _on_open(args: tuple[Any, ...]) -> None:
     sink = current()
-    if sink is not None:
-        sink.opened(*args[:3])
+    if sink is None:
+        return
+    paused = _current.set(_PAUSED)  # what recording itself reads is not the computation's
+    try:
+        handler(sink, args)
+    except Exception as problem:  # a bug here must not fail the computation's open()
+        sink.failed(problem)
+    finally:
+        _current.reset(paused)
 
 
-def _on_change(*positions: int) -> Callable[[tuple[Any, ...]], None]:
+def _on_open(sink: Sink, args: tuple[Any, ...]) -> None:
+    sink.opened(*args[:3])
+
+
+def _on_change(*positions: int) -> Callable[[Sink, tuple[Any, ...]], None]:
     """A handler for an event whose arguments at ``positions`` are paths it changes."""
 
-    def changed(args: tuple[Any, ...]) -> None:
-        sink = current()
-        if sink is not None:
-            sink.wrote(*(args[position] for position in positions))
+    def changed(sink: Sink, args: tuple[Any, ...]) -> None:
+        sink.wrote(*(args[position] for position in positions))
 
     return changed
 
 
-def _on_chdir(args: tuple[Any, ...]) -> None:
-    sink = current()
-    if sink is not None:
-        sink.changing_directory()
+def _on_chdir(sink: Sink, args: tuple[Any, ...]) -> None:
+    sink.changing_directory()
 
 
-def _on_thread_start(args: tuple[Any, ...]) -> None:
-    _adopt(getattr(args[0], "__self__", None))
+def _on_thread_start(sink: Sink, args: tuple[Any, ...]) -> None:
+    _adopt(getattr(args[0], "__self__", None), sink)
 
 
-def _adopt(thread: object) -> None:
+def _adopt(thread: object, sink: Sink | None) -> None:
     global _any_adopted
-    sink = current()
     if sink is not None and isinstance(thread, threading.Thread):
         _adopted[thread] = sink
         _any_adopted = True
 
 
-_HANDLERS: dict[str, Callable[[tuple[Any, ...]], None]] = {
+_HANDLERS: dict[str, Callable[[Sink, tuple[Any, ...]], None]] = {
     "open": _on_open,
     "os.chdir": _on_chdir,
     "os.rename": _on_change(0, 1),  # os.rename and os.replace
@@ -214,38 +211,39 @@ class _RecordingEnviron(os._Environ):  # type: ignore[type-arg]
         try:
             value = super().__getitem__(key)
         except KeyError:
-            _report(sink.read_variable, key, None)
+            _report(sink, sink.read_variable, key, None)
             raise
-        _report(sink.read_variable, key, value)
+        _report(sink, sink.read_variable, key, value)
         return value
 
     def __iter__(self) -> Iterator[Any]:
         sink = current()
         names = list(super().__iter__())
         if sink is not None:
-            _report(sink.listed_variables, names)
+            _report(sink, sink.listed_variables, names)
         return iter(names)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         sink = current()
         if sink is not None:
-            _report(sink.wrote_variable, key)
+            _report(sink, sink.wrote_variable, key)
         super().__setitem__(key, value)
 
     def __delitem__(self, key: Any) -> None:
         sink = current()
         if sink is not None:
-            _report(sink.wrote_variable, key)
+            _report(sink, sink.wrote_variable, key)
         super().__delitem__(key)
 
 
-def _report(method: Callable[..., None], *args: Any) -> None:
+def _report(sink: Sink, method: Callable[..., None], *args: Any) -> None:
+    paused = _current.set(_PAUSED)  # what recording itself reads is not the computation's
     try:
         method(*args)
     except Exception as problem:
-        sink = current()
-        if sink is not None:
-            sink.failed(problem)
+        sink.failed(problem)
+    finally:
+        _current.reset(paused)
 
 
 def _install() -> None:
@@ -280,7 +278,7 @@ def _seeding(generator: str, original: Callable[..., Any]) -> Callable[..., Any]
     def seeding(*args: Any, **kwargs: Any) -> Any:
         sink = current()
         if sink is not None:
-            _report(sink.reseeded, generator)
+            _report(sink, sink.reseeded, generator)
         return original(*args, **kwargs)
 
     return seeding
@@ -290,7 +288,7 @@ def _thread_starter(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def start_new_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
         if _running:
-            _adopt(getattr(function, "__self__", None))
+            _adopt(getattr(function, "__self__", None), current())
         return original(function, *args, **kwargs)
 
     return start_new_thread
