@@ -192,19 +192,15 @@ def file_change(path: str, recorded: Found, now: float | None = None) -> str | N
     no regular file. ``path`` is resolved against the current working directory, as the
     computation resolved it against its own.
     """
-    if isinstance(recorded, FileIdentity) and not recorded.racy:
-        try:  # the common case, first: one stat, nothing built
+    if type(recorded) is FileIdentity and not recorded.racy:
+        try:  # the common case first: one stat, nothing built (same inode: still a file)
             info = os.stat(path)
-            if stat.S_ISREG(info.st_mode) and recorded.stat_key == (
-                info.st_size,
-                info.st_mtime_ns,
-                info.st_ctime_ns,
-                info.st_ino,
-                info.st_dev,
-            ):
-                return None
         except (OSError, ValueError):
             pass
+        else:
+            key = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev)
+            if recorded.stat_key == key:
+                return None
     current = identity_of(path)
     if recorded is None:
         return None if current is None else f"`{path}` now exists"
