@@ -139,9 +139,8 @@ class HiddenInputs:
         """
         recording = instrumentation.current()
         for name, use in self.random.items():
-            if use.before is None:
-                for enclosing in instrumentation.chain(recording):
-                    enclosing.reseeded(name)
+            if use.before is None and recording is not None:
+                recording.reseeded(name)  # as the run did: the enclosing runs learn it
             random_state.restore(name, use.after)
         if recording is not None:
             recording.absorb(self)
@@ -200,7 +199,10 @@ def entry_change(tag: str, meta_json: bytes) -> tuple[str | None, HiddenInputs |
     except ValueError as error:
         return f"its record of hidden inputs is unusable ({error})", None
     with instrumentation.unrecorded():  # an enclosing computation learns them from reuse()
-        reason = inputs.first_change()
+        try:
+            reason = inputs.first_change()
+        except Exception as error:  # a check that fails is a change, never an error
+            reason = f"its hidden inputs could not be checked ({type(error).__name__}: {error})"
     return (reason, None) if reason is not None else (None, inputs)
 
 
