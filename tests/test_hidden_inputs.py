@@ -8,9 +8,13 @@ random state where a plain call would.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,8 @@ import nbcache
 from nbcache import MemcachedCache, SimpleCache
 from nbcache.functions.decorator import cached_result
 from nbcache.inputs import files as file_inputs
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class Calls(list[Any]):
@@ -294,6 +300,75 @@ def test_async_functions_record_their_files(workdir: Path):
     assert asyncio.run(read("data.txt")) == "one" and len(calls) == 1
     (workdir / "data.txt").write_text("two!")
     assert asyncio.run(read("data.txt")) == "two!" and len(calls) == 2
+
+
+@pytest.mark.memcached
+def test_a_shared_entry_whose_file_changed_is_replaced_at_once(
+    memcached: Any, workdir: Path, caplog: pytest.LogCaptureFixture
+):
+    """The caller that finds a stale entry takes the key's lease over it: no wait, no warning."""
+    total, calls = reader(MemcachedCache([memcached.address]))
+    write_csv(workdir / "sales.csv", [1, 2])
+    assert total("sales.csv") == 3
+    write_csv(workdir / "sales.csv", [4, 5])
+    with caplog.at_level(logging.WARNING, logger="nbcache"):
+        assert total("sales.csv") == 9
+    assert [record.getMessage() for record in caplog.records] == []
+    assert total("sales.csv") == 9 and len(calls) == 2
+
+
+# Each process defines the same function (one key for all) and reads `data.txt` where it runs.
+SLOW_READER = """
+import os, sys, textwrap, time
+from nbcache import MemcachedCache
+from nbcache.functions.decorator import cached_result
+address, log_path, start_at = sys.argv[1:4]
+ns = {"__name__": "__main__"}
+exec(textwrap.dedent('''
+    import os, time
+    def slow_read(path, log_path):
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, b"computed ")
+        os.close(fd)
+        with open(path) as file:
+            text = file.read()
+        time.sleep(2.0)
+        return text
+'''), ns)
+f = cached_result(cache=MemcachedCache([address]), ignore=("log_path",))(ns["slow_read"])
+time.sleep(max(0.0, float(start_at) - time.time()))
+print(f("data.txt", log_path), flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.memcached
+def test_a_caller_waiting_on_another_process_does_not_take_its_entry_for_other_files(
+    memcached: Any, tmp_path: Path
+):
+    """Two kernels, one key, different files under one path: the one that waited for the
+    other's computation computes its own result rather than taking the other's."""
+    log = tmp_path / "computations"
+    start_at = time.time() + 3.0  # after both interpreters have imported nbcache
+    callers = []
+    for name, delay in (("north", 0.0), ("south", 1.0)):  # south arrives while north computes
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "data.txt").write_text(name)
+        arguments = [memcached.address, str(log), str(start_at + delay)]
+        callers.append(
+            subprocess.Popen(
+                [sys.executable, "-c", SLOW_READER, *arguments],
+                cwd=folder,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = [caller.communicate(timeout=60)[0].strip() for caller in callers]
+    assert [caller.returncode for caller in callers] == [0, 0]
+    assert outputs == ["north", "south"]
+    assert log.read_text().split() == ["computed", "computed"]
 
 
 # -- declared files ----------------------------------------------------------------------------
@@ -624,11 +699,9 @@ def test_what_recording_itself_reads_is_not_an_input(workdir: Path):
     """Telling library files from the user's reads settings (HOME, ...) on first use: those
     reads are nbcache's, not the computation's."""
     import json
-    import subprocess
-    import sys
 
     (workdir / "data.txt").write_text("one")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     printed = subprocess.run(
         [sys.executable, "-c", RECORD_ONE_FILE, "data.txt"],
         env=env,
