@@ -44,6 +44,7 @@ _GAUSS = struct.Struct("<?d")
 _LEGACY = struct.Struct("<id")
 _NO_GAUSS = bytes(8)
 _LITTLE = sys.byteorder == "little"
+_UNSUPPORTED: Snapshot = ("unsupported", None)
 
 
 def snapshot(name: str) -> Snapshot | None:
@@ -54,19 +55,26 @@ def snapshot(name: str) -> Snapshot | None:
     try:
         return _READERS[name](module)
     except Exception:  # a generator replaced by something else: its changes cannot be followed
-        return ("unsupported", None)
+        return _UNSUPPORTED
 
 
 def snapshots() -> dict[str, Snapshot]:
     """A snapshot of each global generator whose module is imported."""
-    taken = {}
-    for name, read in _READERS.items():
-        module = sys.modules.get(name)
-        if module is not None:
-            try:
-                taken[name] = read(module)
-            except Exception:  # a generator replaced by something else
-                taken[name] = ("unsupported", None)
+    # Taken twice per computation: written out for the two generators, without a loop.
+    modules = sys.modules
+    taken: dict[str, Snapshot] = {}
+    module = modules.get("random")
+    if module is not None:
+        try:
+            taken["random"] = _read_python(module)
+        except Exception:  # a generator replaced by something else
+            taken["random"] = _UNSUPPORTED
+    module = modules.get("numpy.random")
+    if module is not None:
+        try:
+            taken["numpy.random"] = _read_numpy(module)
+        except Exception:
+            taken["numpy.random"] = _UNSUPPORTED
     return taken
 
 

@@ -223,8 +223,10 @@ class Recording:
 
     def _finish(self) -> None:
         reads = self._reads
-        random = {}
         now = random_state.snapshots() if self._random_before else {}
+        if reads is None and now == self._random_before:
+            return  # the common miss: it read nothing hidden
+        random = {}
         for name, before in self._random_before.items():
             after = now.get(name)
             if after is None or after == before:
