@@ -302,6 +302,16 @@ def test_async_functions_record_their_files(workdir: Path):
     assert asyncio.run(read("data.txt")) == "two!" and len(calls) == 2
 
 
+def test_map_recomputes_only_the_calls_whose_files_changed(cache: nbcache.Cache, workdir: Path):
+    for name, values in (("a.csv", [1]), ("b.csv", [2]), ("c.csv", [3])):
+        write_csv(workdir / name, values)
+    total, calls = reader(cache)
+    assert total.map(["a.csv", "b.csv", "c.csv"]) == [1, 2, 3] and len(calls) == 3
+    write_csv(workdir / "b.csv", [5])
+    assert total.map(["a.csv", "b.csv", "c.csv"]) == [1, 5, 3]
+    assert calls[3:] == ["b.csv"]
+
+
 @pytest.mark.memcached
 def test_a_shared_entry_whose_file_changed_is_replaced_at_once(
     memcached: Any, workdir: Path, caplog: pytest.LogCaptureFixture
