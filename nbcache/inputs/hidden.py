@@ -3,8 +3,10 @@
 An entry's signed metadata holds, under :data:`META_KEY`, the files the computation read
 (with their identities), the glob patterns it declared (with the files they matched), the
 environment variables it read (as digests) and, for each global random generator it drew
-from, the digest of the state it started from and the state it left. Its tag ends in
-:data:`TAG_MARK`, so that readers of entries without hidden inputs never parse metadata.
+from, the digest of the state it started from and the state it left. Readers must tell such
+an entry without parsing metadata: a cell's entry has a tag ending in :data:`TAG_MARK`
+(:func:`entry_change`); a cached function's entry has metadata only then
+(:func:`recorded_change`).
 
 Before a hit is used, :meth:`HiddenInputs.first_change` says whether any of them differs now
 (a miss, with the reason), and :meth:`HiddenInputs.reuse` then restores the random state a
