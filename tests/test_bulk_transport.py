@@ -18,9 +18,10 @@ import pytest
 from memcached_server import MemcachedServer
 
 from nbcache import MemcachedCache
-from nbcache.exceptions import StoreFault
+from nbcache.exceptions import ConfigurationError, StoreFault
 from nbcache.stores.api import NO_VALUE
-from nbcache.stores.chunked import ChunkedStore, ChunkTransport
+from nbcache.stores.chunk_reading import ChunkTransport
+from nbcache.stores.chunked import ChunkedStore
 from nbcache.stores.memcached.store import MemcachedStore
 from nbcache.testing import resident_growth
 
@@ -220,6 +221,50 @@ def test_values_around_the_chunk_size_round_trip(raw_store: MemcachedStore, offs
         assert store.set("k", [value], None), size
         got = store.get("k")
         assert got is not NO_VALUE and bytes(got) == value, size
+
+
+def server_stat(server: MemcachedServer, name: str) -> int:
+    for line in server.command(b"stats").decode().splitlines():
+        if line.startswith(f"STAT {name} "):
+            return int(line.split()[-1])
+    raise AssertionError(f"memcached reported no {name}")
+
+
+@pytest.mark.parametrize("connections", [1, 2, 3, 7])
+def test_a_big_value_travels_over_several_connections_and_comes_back_whole(
+    server: MemcachedServer, connections: int
+) -> None:
+    raw = MemcachedStore([server.address], transfer_connections=connections)
+    store = ChunkedStore(raw)
+    try:
+        value = pattern(60 * MIB + 12345, connections)
+        opened = server_stat(server, "total_connections")
+        assert store.set("k", [value], None)
+        got = store.get("k")
+        assert got is not NO_VALUE and bytes(got) == value
+        # Each part of a transfer (at least 8 chunks) has a connection of its own.
+        parts = min(connections, len(store.chunk_keys("k")) // 8)
+        assert parts == connections
+        assert server_stat(server, "total_connections") - opened >= connections
+    finally:
+        store.close()
+
+
+def test_transfer_connections_must_be_positive(server: MemcachedServer) -> None:
+    with pytest.raises(ConfigurationError, match="transfer_connections"):
+        MemcachedStore([server.address], transfer_connections=0)
+
+
+def test_replacing_or_deleting_a_big_value_deletes_its_chunks(raw_store: MemcachedStore) -> None:
+    store = ChunkedStore(raw_store)
+    assert store.set("k", [pattern(8 * MIB, 1)], None)
+    old = store.chunk_keys("k")
+    assert len(old) > 8 and all(raw_store.get(key) is not NO_VALUE for key in old)
+    assert store.set("k", [pattern(8 * MIB, 2)], None)
+    assert all(raw_store.get(key) is NO_VALUE for key in old)
+    newer = store.chunk_keys("k")
+    assert store.delete("k")
+    assert all(raw_store.get(key) is NO_VALUE for key in newer)
 
 
 def test_64_mib_round_trips_through_several_servers(

@@ -200,7 +200,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "nbcache.stores.chunked" and r.levelno == logging.WARNING
+        if r.name.startswith("nbcache.stores.chunk") and r.levelno == logging.WARNING
     ]
 
 

@@ -56,6 +56,28 @@ class BigValue(NamedTuple):
     tail: bytes
 
 
+class Unchanged:
+    """The type of :data:`UNCHANGED`: the value is the write the reader already holds."""
+
+    _instance: Unchanged | None = None
+
+    def __new__(cls) -> Unchanged:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+#: Returned by :meth:`VersionedStore.get_many_versioned` in place of a value the reader holds.
+UNCHANGED: Final = Unchanged()
+
+#: What a versioned read gives for one key: the value (or a miss, or :data:`UNCHANGED`) and
+#: the version of the write it comes from (None: the store names no version for it).
+Versioned = tuple[Buffer | NoValue | Unchanged, bytes | None]
+
+
 class CasToken:
     """An opaque token from :meth:`ByteStore.gets`, handed back to :meth:`ByteStore.cas`."""
 
@@ -163,6 +185,37 @@ def peek(store: ByteStore, key: str) -> tuple[Buffer | BigValue | NoValue, CasTo
         return store.gets(key)
     result: tuple[Buffer | BigValue | NoValue, CasToken | None] = method(key)
     return result
+
+
+@runtime_checkable
+class VersionedStore(Protocol):
+    """A store that names each write of a big value, so a reader holding it can skip the transfer.
+
+    A *version* is a short byte string that identifies one write of one value under one key:
+    a value is replaced, rewritten by anyone, deleted, expired, or cleared, and it no longer
+    has that version. Two reads that report the same version report the same bytes. Small
+    values, which cost one round trip whatever happens, may have no version (None).
+    """
+
+    def get_many_versioned(
+        self, keys: Sequence[str], held: Sequence[bytes | None]
+    ) -> list[Versioned]:
+        """``(value, version)`` in the order of ``keys``, in as few round trips as possible.
+
+        Where ``held[i]`` is the version of the value under ``keys[i]`` now, the answer is
+        ``(UNCHANGED, held[i])`` and the value is not transferred. A miss is
+        ``(NO_VALUE, None)``.
+        """
+        ...
+
+    def set_versioned(
+        self, key: str, value: Sequence[Buffer], ttl: float | None
+    ) -> tuple[bool, bytes | None]:
+        """Store like ``set``; ``(stored, version of this write)``.
+
+        The version is None if the value was not stored or the store names none for it.
+        """
+        ...
 
 
 def join(value: Sequence[Buffer]) -> bytes:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from nbcache.stores.api import Buffer, byte_view
 
@@ -74,12 +74,27 @@ class Unreadable(NamedTuple):
 def digest(parts: Sequence[Buffer]) -> bytes:
     """The xxh3_128 digest of the concatenation of ``parts`` (not keyed: it finds damage,
     not forgery; the envelope's MAC does that)."""
+    value_hasher = hasher()
+    for part in parts:
+        value_hasher.update(part)
+    return bytes(value_hasher.digest())
+
+
+def hasher() -> Any:
+    """A new xxh3_128 hasher (``update``, then ``digest``) for :func:`digest` in pieces."""
     import xxhash
 
-    hasher = xxhash.xxh3_128()
-    for part in parts:
-        hasher.update(part)
-    return bytes(hasher.digest())
+    return xxhash.xxh3_128()
+
+
+def write_version(write_id: bytes, value_digest: bytes) -> bytes:
+    """What names one write of a big value: its write id, then its digest."""
+    return write_id + value_digest
+
+
+def manifest_version(manifest: Manifest) -> bytes:
+    """The version of the write ``manifest`` describes (see :func:`write_version`)."""
+    return write_version(manifest.write_id, manifest.digest)
 
 
 def chunk_key(key: str, write_id: bytes, index: int) -> str:

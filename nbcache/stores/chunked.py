@@ -19,11 +19,16 @@ logged at DEBUG. A record that is not an nbcache record, a malformed manifest, o
 digest does not match its manifest means tampering or corruption: logged at WARNING, naming
 the key and the reason.
 
-When the inner store offers :class:`ChunkTransport` (memcached does), chunks are written from
-the caller's buffers in one pipelined call and read straight into the one buffer that becomes
-the value, so a big value is never copied on its way through this layer. That buffer comes
-from :func:`nbcache.stores.buffers.allocate`: a big value starts 64-byte aligned, and so do
-the arrays the envelope rebuilds on it.
+When the inner store offers :class:`~nbcache.stores.chunk_reading.ChunkTransport`
+(memcached does), chunks are written from the caller's buffers in one pipelined call and read
+straight into the one buffer that becomes the value, so a big value is never copied on its
+way through this layer (:mod:`nbcache.stores.chunk_reading`: a big value starts 64-byte
+aligned, and so do the arrays the envelope rebuilds on it).
+
+Every write of a big value has a *version* (its write id and digest,
+:class:`~nbcache.stores.api.VersionedStore`): a reader that holds a value of that version
+reads only the manifest, one small record, and no chunk. The version is taken from a
+manifest only once it is trusted (its tag checked, when manifests are signed).
 """
 
 from __future__ import annotations
@@ -32,13 +37,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from nbcache.exceptions import StoreFault
-from nbcache.stores import buffers as aligned
 from nbcache.stores.api import (
     ITEM_OVERHEAD,
     NO_VALUE,
+    UNCHANGED,
     Authenticator,
     BigValue,
     Buffer,
@@ -46,6 +51,7 @@ from nbcache.stores.api import (
     CasToken,
     NoValue,
     StoreThenGet,
+    Versioned,
     byte_views,
     total_size,
 )
@@ -64,9 +70,12 @@ from nbcache.stores.chunk_layout import (
     encode_manifest,
     manifest_chunk_keys,
     manifest_record,
+    manifest_version,
     parse_manifest,
     signed_parts,
+    write_version,
 )
+from nbcache.stores.chunk_reading import ChunkTransport, read_values
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +89,17 @@ CHUNK_TTL_MARGIN = 60.0
 _CHECKED_SHARE = 4
 
 
-@runtime_checkable
-class ChunkTransport(Protocol):
-    """What an inner store may offer to move many chunks without copying them."""
+#: What a write gives: whether it stored, and the version of what it stored (None: none).
+Stored = tuple[bool, bytes | None]
 
-    def set_chunks(self, items: Sequence[tuple[str, Sequence[Buffer]]], ttl: float | None) -> bool:
-        """Store every ``(key, buffers)`` item; True if all were stored."""
-        ...
 
-    def get_chunks_into(self, keys: Sequence[str], targets: Sequence[memoryview]) -> list[bool]:
-        """Read each key's value into its target; per key, True if found with that length."""
-        ...
+class _Written(NamedTuple):
+    """The chunks of one write are stored: the manifest record to store, and its ttl."""
+
+    record: list[bytes]
+    chunk_keys: list[str]
+    ttl: float | None
+    version: bytes
 
 
 @runtime_checkable
@@ -104,14 +113,6 @@ class SizeProbe(Protocol):
 
 def _mib(size: int | None) -> str:
     return "an unknown amount" if size is None else f"{size / 2**20:.1f} MiB"
-
-
-def _warn_digest_mismatch(key: str) -> None:
-    log.warning(
-        "nbcache: refused the chunked value under %r: digest mismatch (its chunks are corrupt "
-        "or were tampered with)",
-        key,
-    )
 
 
 class ChunkedStore:
@@ -201,6 +202,33 @@ class ChunkedStore:
                 values[position] = value
         return values
 
+    def get_many_versioned(
+        self, keys: Sequence[str], held: Sequence[bytes | None]
+    ) -> list[Versioned]:
+        """Values and versions: one round trip for the records, one for the chunks to fetch.
+
+        A big value's version names its write (the trusted manifest's write id and digest); a
+        value stored inline has none. Chunks of a held version are not fetched.
+        """
+        records = self.inner.get_many(keys)
+        results: list[Versioned] = [(NO_VALUE, None)] * len(keys)
+        manifests: list[tuple[int, Manifest]] = []
+        for position, (key, record) in enumerate(zip(keys, records, strict=True)):
+            decoded = self._decode_record(key, record)
+            if isinstance(decoded, Manifest):
+                if held[position] is not None and held[position] == manifest_version(decoded):
+                    results[position] = (UNCHANGED, held[position])
+                else:
+                    manifests.append((position, decoded))
+            else:
+                results[position] = (decoded, None)
+        if manifests:
+            read = self._read_values([(keys[position], m) for position, m in manifests])
+            for (position, manifest), value in zip(manifests, read, strict=True):
+                fetched = None if isinstance(value, NoValue) else manifest_version(manifest)
+                results[position] = (value, fetched)
+        return results
+
     def gets(self, key: str) -> tuple[Buffer | NoValue, CasToken | None]:
         """The value and a token for :meth:`cas`; for a big value the token is its manifest's."""
         record, token = self.inner.gets(key)
@@ -275,102 +303,21 @@ class ChunkedStore:
         )
 
     def _read_values(self, wanted: Sequence[tuple[str, Manifest]]) -> list[memoryview | NoValue]:
-        """The big values the manifests name, all chunks in one call; a miss for each broken one."""
-        if self._transport is not None:
-            return self._receive(self._transport, wanted)
-        keys = [chunk for key, manifest in wanted for chunk in manifest_chunk_keys(key, manifest)]
-        chunks = self.inner.get_many(keys)
-        values: list[memoryview | NoValue] = []
-        start = 0
-        for key, manifest in wanted:
-            end = start + len(manifest.sizes)
-            values.append(self._assemble(key, manifest, chunks[start:end]))
-            start = end
-        return values
+        """The big values the manifests name, all chunks in one call; a miss for each broken one.
 
-    def _receive(
-        self, transport: ChunkTransport, wanted: Sequence[tuple[str, Manifest]]
-    ) -> list[memoryview | NoValue]:
-        """Like :meth:`_read_values`, each value received into its final buffer (no copy).
-
-        A manifest nobody authenticated must not size an allocation on its word alone: its
-        chunks' sizes are asked of the inner store first, so what is allocated is what the
-        store actually holds.
+        A manifest nobody authenticated must not size an allocation on its word alone: when
+        chunks are received into a buffer allocated up front, their sizes are asked of the
+        inner store first, so what is allocated is what the store actually holds. (Read
+        without a transport, chunks are checked before the value's memory is allocated.)
         """
-        if self.authenticator is None and self._probe is not None:
+        if self._transport is not None and self.authenticator is None and self._probe is not None:
             present = [(key, m) for key, m in wanted if self._chunks_present(key, m)]
             if len(present) < len(wanted):
                 log.debug("nbcache: %d chunked values miss chunks", len(wanted) - len(present))
-                values = self._receive_checked(transport, present)
+                values = read_values(self.inner, self._transport, present)
                 by_key = dict(zip((key for key, _ in present), values, strict=True))
                 return [by_key.get(key, NO_VALUE) for key, _ in wanted]
-        return self._receive_checked(transport, wanted)
-
-    def _receive_checked(
-        self, transport: ChunkTransport, wanted: Sequence[tuple[str, Manifest]]
-    ) -> list[memoryview | NoValue]:
-        if not wanted:
-            return []
-        buffers = [aligned.allocate(manifest.total) for _, manifest in wanted]
-        chunk_keys: list[str] = []
-        targets: list[memoryview] = []
-        for (key, manifest), view in zip(wanted, buffers, strict=True):
-            offset = 0
-            for index, size in enumerate(manifest.sizes):
-                chunk_keys.append(chunk_key(key, manifest.write_id, index))
-                targets.append(view[offset : offset + size])
-                offset += size
-        found = transport.get_chunks_into(chunk_keys, targets)
-        del targets  # the buffers are the caller's now, without views of ours on them
-        values: list[memoryview | NoValue] = []
-        start = 0
-        for (key, manifest), buffer in zip(wanted, buffers, strict=True):
-            arrived = found[start : start + len(manifest.sizes)]
-            start += len(manifest.sizes)
-            if not all(arrived):
-                log.debug(
-                    "nbcache: chunked value %r: chunk %d is missing or has the wrong size",
-                    key,
-                    arrived.index(False),
-                )
-                values.append(NO_VALUE)
-            elif digest([buffer]) != manifest.digest:
-                _warn_digest_mismatch(key)
-                values.append(NO_VALUE)
-            else:
-                values.append(buffer)
-        return values
-
-    def _assemble(
-        self, key: str, manifest: Manifest, chunks: Sequence[Buffer | NoValue]
-    ) -> memoryview | NoValue:
-        """The whole value from its chunks, or a miss if any is missing, wrong or corrupt.
-
-        The chunks are checked before the value's memory is allocated: its size is then what
-        arrived, not only what the manifest says.
-        """
-        views: list[memoryview] = []
-        for index, (size, chunk) in enumerate(zip(manifest.sizes, chunks, strict=True)):
-            if isinstance(chunk, NoValue):
-                log.debug("nbcache: chunked value %r: chunk %d is missing", key, index)
-                return NO_VALUE
-            view = memoryview(chunk)
-            if view.nbytes != size:
-                log.debug(
-                    "nbcache: chunked value %r: chunk %d has %d bytes", key, index, view.nbytes
-                )
-                return NO_VALUE
-            views.append(view)
-        value = aligned.allocate(manifest.total)
-        target = value  # assigning through a view: one memcpy per chunk, no temporary copy
-        offset = 0
-        for view in views:
-            target[offset : offset + view.nbytes] = view
-            offset += view.nbytes
-        if digest([value]) != manifest.digest:
-            _warn_digest_mismatch(key)
-            return NO_VALUE
-        return value
+        return read_values(self.inner, self._transport, wanted)
 
     def chunk_keys(self, key: str) -> list[str]:
         """Keys of the chunks the manifest under ``key`` names now ([] for an inline value)."""
@@ -379,32 +326,36 @@ class ChunkedStore:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _at_current_limit(self, write: Callable[[int], bool]) -> bool:
+    def _at_current_limit(self, write: Callable[[int], Stored]) -> Stored:
         """``write(chunk_size)``, and once more if it failed and the item limit has changed
         meanwhile (a server restarted with another ``-I``: its refusal was of the old size)."""
         chunk_size = self.chunk_size
-        if write(chunk_size):
-            return True
+        result = write(chunk_size)
+        if result[0]:
+            return result
         current = self.chunk_size
-        return current != chunk_size and write(current)
+        return write(current) if current != chunk_size else result
 
     def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
+        return self.set_versioned(key, value, ttl)[0]
+
+    def set_versioned(self, key: str, value: Sequence[Buffer], ttl: float | None) -> Stored:
+        """Store like :meth:`set`; a big value's version names this write (inline: None)."""
         return self._at_current_limit(lambda chunk_size: self._set(key, value, ttl, chunk_size))
 
-    def _set(self, key: str, value: Sequence[Buffer], ttl: float | None, chunk_size: int) -> bool:
+    def _set(self, key: str, value: Sequence[Buffer], ttl: float | None, chunk_size: int) -> Stored:
         if total_size(value) <= chunk_size - len(INLINE_V2):
-            return self.inner.set(key, [*value, INLINE_V2], ttl)
+            return self.inner.set(key, [*value, INLINE_V2], ttl), None
         previous = self._decode_record(key, self.inner.get(key), warn=False)
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
-            return False
-        manifest, chunk_keys, manifest_ttl = written
-        if not self.inner.set(key, manifest, manifest_ttl):
-            self._delete_quietly(chunk_keys)
-            return False
+            return False, None
+        if not self.inner.set(key, written.record, written.ttl):
+            self._delete_quietly(written.chunk_keys)
+            return False, None
         if isinstance(previous, Manifest):
             self._delete_quietly(manifest_chunk_keys(key, previous))
-        return True
+        return True, written.version
 
     def store_then_get(
         self,
@@ -433,7 +384,9 @@ class ChunkedStore:
 
     def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         """Store only if ``key`` holds no readable value (a manifest with lost chunks is none)."""
-        return self._at_current_limit(lambda chunk_size: self._add(key, value, ttl, chunk_size))
+        return self._at_current_limit(
+            lambda chunk_size: (self._add(key, value, ttl, chunk_size), None)
+        )[0]
 
     def _add(self, key: str, value: Sequence[Buffer], ttl: float | None, chunk_size: int) -> bool:
         if total_size(value) <= chunk_size - len(INLINE_V2):
@@ -444,19 +397,18 @@ class ChunkedStore:
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
             return False
-        manifest, chunk_keys, manifest_ttl = written
-        if self.inner.add(key, manifest, manifest_ttl) or self._replace_unreadable(
-            key, manifest, manifest_ttl
+        if self.inner.add(key, written.record, written.ttl) or self._replace_unreadable(
+            key, written.record, written.ttl
         ):
             return True
-        self._delete_quietly(chunk_keys)
+        self._delete_quietly(written.chunk_keys)
         return False
 
     def cas(self, key: str, value: Sequence[Buffer], ttl: float | None, token: CasToken) -> bool:
         """Store only if ``key`` is unchanged since :meth:`gets`; a big value's chunks go first."""
         return self._at_current_limit(
-            lambda chunk_size: self._cas(key, value, ttl, token, chunk_size)
-        )
+            lambda chunk_size: (self._cas(key, value, ttl, token, chunk_size), None)
+        )[0]
 
     def _cas(
         self, key: str, value: Sequence[Buffer], ttl: float | None, token: CasToken, chunk_size: int
@@ -466,10 +418,9 @@ class ChunkedStore:
         written = self._write_chunks(key, value, ttl, chunk_size)
         if written is None:
             return False
-        manifest, chunk_keys, manifest_ttl = written
-        if self.inner.cas(key, manifest, manifest_ttl, token):
+        if self.inner.cas(key, written.record, written.ttl, token):
             return True
-        self._delete_quietly(chunk_keys)
+        self._delete_quietly(written.chunk_keys)
         return False
 
     def _replace_unreadable(self, key: str, record: Sequence[Buffer], ttl: float | None) -> bool:
@@ -495,8 +446,8 @@ class ChunkedStore:
 
     def _write_chunks(
         self, key: str, value: Sequence[Buffer], ttl: float | None, chunk_size: int
-    ) -> tuple[list[bytes], list[str], float | None] | None:
-        """Write the chunks of a new write; the manifest record, chunk keys and manifest ttl.
+    ) -> _Written | None:
+        """Write the chunks of a new write; what the manifest must then say, and where.
 
         None if ``inner`` refused a chunk, or if writing took so long that the first chunks
         have already expired; the chunks already written are then deleted.
@@ -514,23 +465,25 @@ class ChunkedStore:
         ]
         keys = [chunk for chunk, _ in items]
         sizes = [sum(piece.nbytes for piece in pieces) for _, pieces in items]
+        value_digest = digest(views)
         if not self._send_chunks(key, items, chunk_ttl) or not self._stayed(key, size, keys[0]):
             self._delete_quietly(keys)
             return None
-        body = encode_manifest(write_id, sizes, digest(views), _tail(views, TAIL_BYTES))
+        body = encode_manifest(write_id, sizes, value_digest, _tail(views, TAIL_BYTES))
         tag = None
         if self.authenticator is not None:
             tag = self.authenticator.tag(signed_parts(key, body))
-        manifest = manifest_record(body, tag)
+        record = manifest_record(body, tag)
+        version = write_version(write_id, value_digest)
         if ttl is None:
-            return manifest, keys, None
+            return _Written(record, keys, None, version)
         # The chunks' clock started before the manifest's: never let the manifest outlive them.
         remaining = ttl + CHUNK_TTL_MARGIN - (time.monotonic() - started)
         if remaining <= 0:
             log.debug("nbcache: chunked value %r: its chunks expired while it was written", key)
             self._delete_quietly(keys)
             return None
-        return manifest, keys, min(ttl, remaining)
+        return _Written(record, keys, min(ttl, remaining), version)
 
     # -- values too big for the server ------------------------------------------------------
 
@@ -593,12 +546,14 @@ class ChunkedStore:
 
     def _delete_quietly(self, keys: Sequence[str]) -> None:
         """Best-effort cleanup of chunks nobody reads: a fault only leaves them to expire."""
-        for key in keys:
-            try:
-                self.inner.delete(key)
-            except StoreFault as fault:
-                log.debug("nbcache: could not delete chunk %r: %s", key, fault)
+        try:
+            if self._transport is not None:
+                self._transport.delete_chunks(keys)
                 return
+            for key in keys:
+                self.inner.delete(key)
+        except StoreFault as fault:
+            log.debug("nbcache: could not delete %d chunks: %s", len(keys), fault)
 
     # -- the rest ---------------------------------------------------------------------------
 

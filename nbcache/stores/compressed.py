@@ -37,6 +37,9 @@ from nbcache.stores.api import (
     ByteStore,
     CasToken,
     NoValue,
+    Unchanged,
+    Versioned,
+    VersionedStore,
     byte_view,
     peek,
     total_size,
@@ -73,6 +76,8 @@ class CompressedStore:
         if not 0 <= level <= 9:
             raise ValueError(f"zlib level is 0 to 9, not {level}")
         self.inner = inner
+        # Checked once: a runtime protocol check costs tens of microseconds.
+        self._versioned = inner if isinstance(inner, VersionedStore) else None
         self.level = level
         self.min_size = min_size
 
@@ -84,6 +89,22 @@ class CompressedStore:
     def get_many(self, keys: Sequence[str]) -> list[Buffer | NoValue]:
         records = self.inner.get_many(keys)
         return [self._decode(key, record) for key, record in zip(keys, records, strict=True)]
+
+    def get_many_versioned(
+        self, keys: Sequence[str], held: Sequence[bytes | None]
+    ) -> list[Versioned]:
+        """Values and the inner store's versions of their records (none if it names none)."""
+        inner = self._versioned
+        if inner is None:
+            return [(value, None) for value in self.get_many(keys)]
+        results: list[Versioned] = []
+        for key, (record, version) in zip(keys, inner.get_many_versioned(keys, held), strict=True):
+            if isinstance(record, Unchanged):
+                results.append((record, version))
+                continue
+            value = self._decode(key, record)
+            results.append((value, None if isinstance(value, NoValue) else version))
+        return results
 
     def gets(self, key: str) -> tuple[Buffer | NoValue, CasToken | None]:
         record, token = self.inner.gets(key)
@@ -126,6 +147,15 @@ class CompressedStore:
 
     def set(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         return self.inner.set(key, self._encode(value), ttl)
+
+    def set_versioned(
+        self, key: str, value: Sequence[Buffer], ttl: float | None
+    ) -> tuple[bool, bytes | None]:
+        """Store like :meth:`set`; the version is the inner store's, of the record stored."""
+        inner = self._versioned
+        if inner is None:
+            return self.set(key, value, ttl), None
+        return inner.set_versioned(key, self._encode(value), ttl)
 
     def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         return self.inner.add(key, self._encode(value), ttl)

@@ -36,12 +36,16 @@ from typing import cast
 from nbcache.exceptions import StoreFault
 from nbcache.stores.api import (
     NO_VALUE,
+    UNCHANGED,
     BigValue,
     Buffer,
     ByteStore,
     CasToken,
     NoValue,
     StoreThenGet,
+    Unchanged,
+    Versioned,
+    VersionedStore,
     byte_view,
     peek,
 )
@@ -65,6 +69,8 @@ class NamespacedStore:
 
     def __init__(self, inner: ByteStore, namespace: str) -> None:
         self.inner = inner
+        # Checked once: a runtime protocol check costs tens of microseconds.
+        self._versioned = inner if isinstance(inner, VersionedStore) else None
         self.namespace = namespace
         self._prefix = f"{len(namespace)}:{namespace}:"
         # '#' where data keys have ':' after the namespace: no data key equals it.
@@ -107,6 +113,45 @@ class NamespacedStore:
             end = view.nbytes - GENERATION_BYTES
             values.append(view[:end] if end >= 0 and view[end:] == current else NO_VALUE)
         return values
+
+    def get_many_versioned(
+        self, keys: Sequence[str], held: Sequence[bytes | None]
+    ) -> list[Versioned]:
+        """Values and versions (the inner version, then the generation the value was written
+        under), read with the generation in one round trip.
+
+        A held value is :data:`~nbcache.stores.api.UNCHANGED` only if the inner store says
+        it is unchanged *and* the generation it was written under is still current: a
+        ``clear()`` by anyone since makes it a miss.
+        """
+        inner = self._versioned
+        if inner is None:
+            return [(value, None) for value in self.get_many(keys)]
+        # The inner store's part of each held version (the generation is the last bytes).
+        cut = -GENERATION_BYTES
+        inner_held = [
+            None if version is None or len(version) <= GENERATION_BYTES else version[:cut]
+            for version in held
+        ]
+        (generation, _), *records = inner.get_many_versioned(
+            [self.generation_key, *(self._prefix + key for key in keys)], [None, *inner_held]
+        )
+        current = self._generation_read(_value_or_miss(generation))
+        if current is None:
+            return [(NO_VALUE, None)] * len(keys)
+        results: list[Versioned] = []
+        for (record, version), known in zip(records, held, strict=True):
+            if isinstance(record, Unchanged):
+                # The same bytes as the held value, so its suffix is the held generation.
+                fresh = known is not None and known[-GENERATION_BYTES:] == current
+                results.append((UNCHANGED, known) if fresh else (NO_VALUE, None))
+                continue
+            value = cast(Buffer | NoValue, self._current_value(record, current))
+            if isinstance(value, NoValue):
+                results.append((NO_VALUE, None))
+            else:
+                results.append((value, None if version is None else version + current))
+        return results
 
     def _generation_read(self, raw: Buffer | NoValue) -> bytes | None:
         """The current generation, given what a read found under its key; None: none."""
@@ -210,6 +255,19 @@ class NamespacedStore:
             return False
         return self.inner.set(inner_key, [*value, generation], ttl)
 
+    def set_versioned(
+        self, key: str, value: Sequence[Buffer], ttl: float | None
+    ) -> tuple[bool, bytes | None]:
+        """Store like :meth:`set`; the version is the inner one, then the generation."""
+        inner = self._versioned
+        if inner is None:
+            return self.set(key, value, ttl), None
+        generation = self.current_generation()
+        if generation is None:
+            return False, None
+        stored, version = inner.set_versioned(self._prefix + key, [*value, generation], ttl)
+        return stored, None if not stored or version is None else version + generation
+
     def add(self, key: str, value: Sequence[Buffer], ttl: float | None) -> bool:
         """Store only if ``key`` holds no current-generation value."""
         inner_key = self._prefix + key
@@ -270,3 +328,7 @@ class NamespacedStore:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _value_or_miss(value: Buffer | NoValue | Unchanged) -> Buffer | NoValue:
+    return NO_VALUE if isinstance(value, Unchanged) else value

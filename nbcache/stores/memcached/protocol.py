@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
@@ -130,14 +130,34 @@ def store_then_get(
     return status, reply.values
 
 
+def delete_items(sock: socket.socket, names: Sequence[bytes]) -> list[bool]:
+    """``delete`` each of ``names``, pipelined; per name, True if something was deleted."""
+    reader = _ReplyReader(sock)
+    deleted: list[bool] = []
+    for start in range(0, len(names), SEND_WINDOW):
+        batch = names[start : start + SEND_WINDOW]
+        sock.sendall(b"".join(b"delete %s\r\n" % name for name in batch))
+        for _ in batch:
+            line = reader.line()
+            if line not in (b"DELETED", b"NOT_FOUND"):
+                _raise_error_reply(line)
+            deleted.append(line == b"DELETED")
+    return deleted
+
+
 def get_into(
-    sock: socket.socket, names: Sequence[bytes], targets: Sequence[memoryview]
+    sock: socket.socket,
+    names: Sequence[bytes],
+    targets: Sequence[memoryview],
+    landed: Callable[[int], None] | None = None,
 ) -> list[bool]:
     """Read the value of each of ``names`` into the target at the same position.
 
     Per name: True if its value was found with exactly the target's length and written into
     it; False if missing or of another length (the target's content is then unspecified).
     Names must be distinct valid memcached keys; targets flat writable byte views.
+    ``landed(index)`` is called as soon as the value of ``names[index]`` is whole in its
+    target; that target is not written again by this call.
     """
     if len(names) != len(targets):
         raise ValueError(f"{len(names)} names but {len(targets)} targets")
@@ -154,7 +174,7 @@ def get_into(
         if index + 1 < len(batches):
             # The next command waits in the server's socket buffer while this one's values come.
             sock.sendall(_get_command(batches[index + 1]))
-        _read_values(reader, position, targets, found)
+        _read_values(reader, position, targets, found, landed)
     return found
 
 
@@ -319,6 +339,7 @@ def _read_values(
     position: dict[bytes, int],
     targets: Sequence[memoryview],
     found: list[bool],
+    landed: Callable[[int], None] | None,
 ) -> None:
     """Read one ``get`` reply (values, then ``END``) into ``targets``."""
     from pymemcache.exceptions import MemcacheUnknownError
@@ -337,9 +358,12 @@ def _read_values(
         if size == targets[index].nbytes:
             reader.read_into(targets[index])
             found[index] = True
+            reader.expect_line_end()
+            if landed is not None:
+                landed(index)
         else:
             reader.skip(size)
-        reader.expect_line_end()
+            reader.expect_line_end()
 
 
 def _stored(line: bytes) -> bool:

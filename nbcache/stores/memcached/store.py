@@ -26,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from nbcache.exceptions import ConfigurationError, StoreFault
 from nbcache.stores import settings
@@ -41,7 +42,7 @@ from nbcache.stores.api import (
     byte_views,
     join,
 )
-from nbcache.stores.memcached import protocol
+from nbcache.stores.memcached import protocol, transfer
 from nbcache.stores.memcached.breaker import CircuitBreaker
 from nbcache.stores.memcached.keys import memcached_key, memcached_name
 from nbcache.stores.memcached.pool import Refused, ServerConnection
@@ -68,6 +69,12 @@ REPLY_LINE: Final = 1024
 SIZE_REPLY: Final = 32
 #: Bytes a ``stats settings`` reply may take (memcached 1.6 sends about 4 KiB).
 STATS_REPLY: Final = 64 * 1024
+#: Connections per server over which one big value's chunks travel at once: as many as
+#: memcached's default worker threads (4), no more than the cores this process may use (each
+#: connection needs a core to copy its bytes).
+DEFAULT_TRANSFER_CONNECTIONS: Final = min(
+    4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
 
 
 def memcached_expiry(ttl: float | None, now: float | None = None) -> int:
@@ -169,6 +176,8 @@ class MemcachedStore:
     is the number of idle connections kept per server (more threads still work; the extra
     connections close after use). ``tls_context`` (an ``ssl.SSLContext``) turns on TLS.
     ``breaker_cooldown`` and ``breaker_max_cooldown`` shape each server's circuit breaker.
+    ``transfer_connections`` is the number of connections per server that the chunks of one
+    big value travel over at once (:mod:`nbcache.stores.memcached.transfer`).
 
     Faults raise :class:`~nbcache.exceptions.StoreFault` (``get_many`` returns misses for a
     failed server's keys when another server answered). :meth:`clear` is not available: wrap
@@ -185,6 +194,7 @@ class MemcachedStore:
         tls_context: ssl.SSLContext | None = None,
         breaker_cooldown: float = 1.0,
         breaker_max_cooldown: float = 8.0,
+        transfer_connections: int = DEFAULT_TRANSFER_CONNECTIONS,
     ) -> None:
         from nbcache.stores.memcached.deadline import DeadlineClient
 
@@ -198,6 +208,7 @@ class MemcachedStore:
                 f"breaker_max_cooldown={breaker_max_cooldown!r} is below "
                 f"breaker_cooldown={breaker_cooldown!r}"
             )
+        self.transfer_connections = settings.count("transfer_connections", transfer_connections, 1)
         if isinstance(servers, str):
             servers = servers.split(",")
         addresses = [address.strip() for address in servers]
@@ -391,11 +402,11 @@ class MemcachedStore:
     # -- chunks of big values, without copies ------------------------------------------
 
     def set_chunks(self, items: Sequence[tuple[str, Sequence[Buffer]]], ttl: float | None) -> bool:
-        """Store every ``(key, buffers)`` item, pipelined per server; True if all were stored.
+        """Store every ``(key, buffers)`` item, pipelined, over several connections per server.
 
-        The buffers are sent where they lie, never joined. False if a server refused any item
-        (over its item limit, out of memory): the others may be stored. Raises
-        :class:`StoreFault` if a server failed.
+        True if all were stored. The buffers are sent where they lie, never joined. False if
+        a server refused any item (over its item limit, out of memory): the others may be
+        stored. Raises :class:`StoreFault` if a server failed.
         """
         expire = memcached_expiry(ttl)
         by_server: dict[ServerConnection, list[tuple[bytes, list[memoryview]]]] = {}
@@ -403,30 +414,35 @@ class MemcachedStore:
             mapped = self._map(key)
             item = (mapped.encode("ascii"), byte_views(value))
             by_server.setdefault(self._server(mapped), []).append(item)
-        stored = True
-        for server, server_items in by_server.items():
-
-            def send(client: Client, server_items: list[Any] = server_items) -> list[bool]:
-                return protocol.set_items(protocol.connected_socket(client), server_items, expire)
-
-            size = sum(view.nbytes for _, views in server_items for view in views)
-            allowance, budget = transfer_allowance(size), len(server_items) * REPLY_LINE
-            try:
-                refused = not all(server.run(send, allowance, budget))
-            except Refused as error:
-                raise StoreFault(str(error)) from error
-            if refused:
-                log.debug("nbcache: memcached server %s refused a chunk", server.address)
-                self._forget_limits()
-                stored = False
+        parts = [
+            transfer.SendPart(server, items_of_part, len(items_of_part) * REPLY_LINE)
+            for server, server_items in by_server.items()
+            for items_of_part in transfer.deal(server_items, self.transfer_connections)
+        ]
+        if not parts:
+            return True
+        size = sum(view.nbytes for _, value in items for view in byte_views(value))
+        # One deadline for the whole write, however its chunks are spread over connections.
+        stored = transfer.send(parts, expire, transfer_allowance(size))
+        if not stored:
+            log.debug("nbcache: a memcached server refused a chunk")
+            self._forget_limits()
         return stored
 
-    def get_chunks_into(self, keys: Sequence[str], targets: Sequence[memoryview]) -> list[bool]:
+    def get_chunks_into(
+        self,
+        keys: Sequence[str],
+        targets: Sequence[memoryview],
+        landed: Callable[[int], None] | None = None,
+    ) -> list[bool]:
         """Read the value of each key straight into the target at the same position.
 
         Per key: True if the value was there with exactly the target's length. Keys must be
-        distinct; targets flat writable byte views (slices of one buffer, typically). Raises
-        :class:`StoreFault` if a server failed (a value missing a chunk is unusable anyway).
+        distinct; targets flat writable byte views (slices of one buffer, typically). Values
+        travel over several connections per server at once; ``landed(index)`` is called in
+        the calling thread as each target is whole (it is not written again). Raises
+        :class:`StoreFault` if a server failed (a value missing a chunk is unusable anyway),
+        once every transfer has ended.
         """
         by_server: dict[ServerConnection, tuple[list[bytes], list[memoryview], list[int]]] = {}
         for index, (key, target) in enumerate(zip(keys, targets, strict=True)):
@@ -435,21 +451,41 @@ class MemcachedStore:
             names.append(mapped.encode("ascii"))
             views.append(target)
             positions.append(index)
+        parts = [
+            transfer.ReceivePart(
+                server,
+                [positions[i] for i in part],
+                [names[i] for i in part],
+                [views[i] for i in part],
+                self._read_limits(len(part))[1],
+            )
+            for server, (names, views, positions) in by_server.items()
+            for part in transfer.parts_of(len(names), self.transfer_connections)
+        ]
         found = [False] * len(keys)
-        for server, (names, views, positions) in by_server.items():
+        if parts:
+            # One deadline for the whole read: as long as one connection reading it all gets.
+            transfer.receive(parts, found, landed, self._read_limits(len(keys))[0])
+        return found
 
-            def receive(
-                client: Client, names: list[bytes] = names, views: list[memoryview] = views
-            ) -> list[bool]:
-                return protocol.get_into(protocol.connected_socket(client), names, views)
+    def delete_chunks(self, keys: Sequence[str]) -> None:
+        """Delete every key, pipelined per server (cleanup: what is not deleted expires).
+
+        Raises :class:`StoreFault` if a server failed.
+        """
+        by_server: dict[ServerConnection, list[bytes]] = {}
+        for key in keys:
+            mapped = self._map(key)
+            by_server.setdefault(self._server(mapped), []).append(mapped.encode("ascii"))
+        for server, names in by_server.items():
+
+            def delete(client: Client, names: list[bytes] = names) -> list[bool]:
+                return protocol.delete_items(protocol.connected_socket(client), names)
 
             try:
-                server_found = server.run(receive, *self._read_limits(len(names)))
+                server.run(delete, 0.0, len(names) * REPLY_LINE)
             except Refused as error:
                 raise StoreFault(str(error)) from error
-            for position, ok in zip(positions, server_found, strict=True):
-                found[position] = ok
-        return found
 
     def value_sizes(self, keys: Sequence[str]) -> list[int | None]:
         """Per key, the size of its value, or None if it has none; the values are not sent.
