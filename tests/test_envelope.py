@@ -336,3 +336,44 @@ def test_simple_cache_needs_no_signature() -> None:
     cache = SimpleCache()
     assert cache.entries.envelope.signer is None
     assert cache.set("key", {"x": 1}) and cache.get("key") == {"x": 1}
+
+
+def test_a_forked_child_verifies_a_big_entry_without_hanging() -> None:
+    """Notebooks fork (multiprocessing): a child must check MACs as its parent does."""
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os
+        from nbcache.entries.envelope import Envelope
+        from nbcache.entries.signing import Signer
+
+        envelope = Envelope(Signer([b"fork-test-secret-0123456789"]))
+        entry = b"".join(envelope.seal("k", bytes(64 << 20), None))
+        envelope.open("k", entry)  # the parent's MAC work starts blake3's threads
+        child = os.fork()
+        if child == 0:
+            os._exit(0 if envelope.open("k", entry).value == bytes(64 << 20) else 1)
+        _, status = os.waitpid(child, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    repository = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repository))
+    # A session of its own: a hung child is stopped with its parent, by the group's id.
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.communicate()
+        pytest.fail("the forked child never finished checking the MAC")
+    assert out.strip() == "0", err

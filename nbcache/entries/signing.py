@@ -10,6 +10,7 @@ several secrets (rotation) checks only the one that signed it.
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Sequence
 
 from nbcache.exceptions import ConfigurationError
@@ -20,6 +21,16 @@ KEY_ID_SIZE = 4
 _CONTEXT = "nbcache 2026-11 cache entry MAC v1"
 #: Entries smaller than this are joined before hashing (a copy that costs less than updates).
 _JOIN_BELOW = 64 * 1024
+_forked = False
+
+
+def _note_fork() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
 
 
 class Signer:
@@ -88,8 +99,10 @@ class Signer:
         if size < _JOIN_BELOW:
             # A small entry (most hits): joined and hashed in one call, about twice as fast.
             return bytes(self._blake3(b"".join(parts), key=key).digest())
-        # AUTO threads: big parts are hashed on every core.
-        hasher = self._blake3(key=key, max_threads=self._blake3.AUTO)
+        # AUTO threads: big parts are hashed on every core. Not in a forked child: blake3's
+        # thread pool is the parent's, and waiting on it there never ends.
+        threads = 1 if _forked else self._blake3.AUTO
+        hasher = self._blake3(key=key, max_threads=threads)
         for part in parts:
             hasher.update(part)
         return bytes(hasher.digest())
