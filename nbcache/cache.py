@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from nbcache.entries.entry_store import DEFAULT_TIMEOUT, EntryStore
 from nbcache.entries.envelope import Entry, Envelope
 from nbcache.exceptions import ConfigurationError, SecretUnavailable
+from nbcache.stores import settings
 from nbcache.stores.api import ByteStore, NoValue
 
 if TYPE_CHECKING:
     import ssl
 
+    from nbcache.entries.near import NearCopies
     from nbcache.entries.secrets import SecretSpec
     from nbcache.entries.signing import Signer
 
@@ -61,8 +63,9 @@ class Cache:
         default_timeout: float = DEFAULT_TIMEOUT,
         name: str = "cache",
         clock_tolerance: float = 0.0,
+        near: NearCopies | None = None,
     ) -> None:
-        self.entries = EntryStore(store, envelope, default_timeout, name, clock_tolerance)
+        self.entries = EntryStore(store, envelope, default_timeout, name, clock_tolerance, near)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -211,6 +214,11 @@ class MemcachedCache(Cache):
         compress: zlib-compress values that shrink by 10 % or more (others are stored as they
             are); it pays on slow links, not on loopback or a fast LAN.
         tls_context: an :class:`ssl.SSLContext` to speak TLS to servers started with TLS on.
+        near_bytes: the most bytes of *near copies* this cache keeps in this process (0: none;
+            None: a tier shared by the process's caches, an eighth of physical memory). A big
+            entry this process stored or read is kept (in memory files, least recently used
+            dropped first), and reading it again costs one round trip that proves it is still
+            the current entry, not a transfer; the caller gets its own copy-on-write mapping.
 
     Values larger than the server's item limit are chunked.
     """
@@ -226,9 +234,13 @@ class MemcachedCache(Cache):
         timeout: float = 2.0,
         compress: bool = False,
         tls_context: ssl.SSLContext | None = None,
+        near_bytes: int | None = None,
     ) -> None:
+        from nbcache.entries.near import NearCopies, shared_tier
         from nbcache.stores.memcached.store import MemcachedStore
 
+        if near_bytes is not None:
+            near_bytes = settings.count("near_bytes", near_bytes, 0)  # 0: no near copies
         self.servers = server_list(servers)
         raw = MemcachedStore(
             self.servers,
@@ -241,12 +253,16 @@ class MemcachedCache(Cache):
             from nbcache.stores.compressed import CompressedStore
 
             store = CompressedStore(store)
+        near = (
+            shared_tier() if near_bytes is None else NearCopies(near_bytes) if near_bytes else None
+        )
         super().__init__(
             store,
             envelope,
             default_timeout=default_timeout,
             name="memcached",
             clock_tolerance=CLOCK_TOLERANCE,
+            near=near,
         )
 
     def __repr__(self) -> str:

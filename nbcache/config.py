@@ -9,7 +9,7 @@ URLs::
         query: threshold, max_bytes, default_timeout
     memcached://127.0.0.1:11211                 one server
     memcached://127.0.0.1:11211,127.0.0.1:11212 several (consistent hashing)
-        query: key_prefix, default_timeout, timeout, connect_timeout
+        query: key_prefix, default_timeout, timeout, connect_timeout, near_bytes
     gae://                                      App Engine's memcache service
         query: key_prefix, default_timeout, timeout
 """
@@ -33,6 +33,7 @@ _MEMCACHED_OPTIONS = {
     "default_timeout": float,
     "timeout": float,
     "connect_timeout": float,
+    "near_bytes": int,
 }
 _GAE_OPTIONS = {"key_prefix": str, "default_timeout": float, "timeout": float}
 

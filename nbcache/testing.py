@@ -251,3 +251,26 @@ def resident_growth() -> Iterator[Growth]:
         yield growth
     finally:
         growth.peak = _status_bytes("VmHWM") - before
+
+
+def resident_bytes() -> int:
+    """This process's resident set now."""
+    return _status_bytes("VmRSS")
+
+
+def memory_file_bytes(name: str) -> int:
+    """Bytes the kernel holds in this process's open memory files called ``name``.
+
+    Memory files (``memfd``) are not in the resident set until mapped; their pages are
+    counted here as the kernel allocated them (``st_blocks``).
+    """
+    total = 0
+    for entry in os.listdir("/proc/self/fd"):
+        path = f"/proc/self/fd/{entry}"
+        try:
+            if not os.readlink(path).startswith(f"/memfd:{name} "):
+                continue
+            total += os.stat(path).st_blocks * 512
+        except FileNotFoundError:  # closed while listed
+            continue
+    return total

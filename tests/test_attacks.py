@@ -259,7 +259,12 @@ def test_a_chunk_replaced_by_the_attacker_is_a_miss(
     original = raw.get(chunks[1])
     forged = pickle_payload(marker)
     assert raw.set(chunks[1], forged + original[len(forged) :], noreply=False)
-    assert_recomputed(cache, truth)
+    # The writer holds a near copy of its own entry, whose manifest is untouched: it reads
+    # no chunk, and gets the true value.
+    np.testing.assert_equal(cache.get("big"), truth["big"])
+    # Another kernel must read the chunks: a miss, then it recomputes.
+    other_kernel = MemcachedCache([memcached.address], secret=SECRET, near_bytes=0)
+    assert_recomputed(other_kernel, truth)
 
 
 def test_a_chunk_replaced_with_a_matching_manifest_digest_is_refused_by_the_mac(

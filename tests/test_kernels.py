@@ -220,3 +220,42 @@ def test_kernels_with_different_files_under_one_path_share_no_result(
     assert south.stdout.startswith("nbcache: running cell 'load': `sales.csv` changed")
     assert south.stdout.endswith("total is 11\n")
     assert kernels["south"].run_ok("print(int(sales.x.sum()))").stdout == "11\n"
+
+
+BIG_FUNCTION_CELL = """from nbcache import cached_result
+import numpy as np
+
+@cached_result
+def scaled(seed):
+    count_run()
+    return np.random.default_rng(seed).random(2 * 1024 * 1024) * 3  # 16 MiB
+"""
+
+
+def server_bytes_sent(server: MemcachedServer) -> int:
+    for line in server.command(b"stats").decode().splitlines():
+        if line.startswith("STAT bytes_written "):
+            return int(line.split()[-1])
+    raise AssertionError("memcached reported no bytes_written")
+
+
+def test_a_big_result_repeats_from_the_kernels_near_copy_until_another_kernel_clears_it(
+    start_kernel: Callable[[], Kernel], tmp_path: Path, memcached: MemcachedServer
+):
+    kernel_a, kernel_b = start_kernel(), start_kernel()
+    for kernel in (kernel_a, kernel_b):
+        kernel.run_ok(BIG_FUNCTION_CELL)
+    kernel_a.run_ok("first = scaled(1)")
+    kernel_a.run_ok("import nbcache; nbcache.get_cache().entries.near.settle()")
+    before = server_bytes_sent(memcached)
+    kernel_a.run_ok("again = scaled(1)\nassert (again == first).all()")
+    assert runs(tmp_path) == 1
+    assert server_bytes_sent(memcached) - before < 64 * 1024, "the hit moved the value again"
+
+    kernel_b.run_ok(
+        "assert (scaled(1) == np.random.default_rng(1).random(2 * 1024 * 1024) * 3).all()"
+    )
+    assert runs(tmp_path) == 1, "kernel B must read kernel A's result"
+    kernel_b.run_ok("scaled.cache_clear()")
+    kernel_a.run_ok("third = scaled(1)\nassert (third == first).all()")
+    assert runs(tmp_path) == 2, "after kernel B's cache_clear, kernel A must recompute"

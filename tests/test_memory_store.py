@@ -12,7 +12,8 @@ import pytest
 
 from nbcache import SimpleCache
 from nbcache.stores.api import NO_VALUE
-from nbcache.stores.memory import MAPPED_SIZE, MemoryFile, MemoryStore
+from nbcache.stores.memory import MAPPED_SIZE, MemoryStore
+from nbcache.stores.memory_files import MemoryFile
 
 MIB = 1024 * 1024
 

@@ -17,15 +17,27 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from nbcache.entries.code_identity import CodeFingerprint
 from nbcache.entries.envelope import Entry, Envelope
 from nbcache.entries.leases import Held, is_lease_record, is_lease_value
+from nbcache.entries.near import NearCopies
 from nbcache.exceptions import EntryRefused, StoreFault
 from nbcache.stores import settings
-from nbcache.stores.api import NO_VALUE, BigValue, Buffer, ByteStore, NoValue, peek
+from nbcache.stores.api import (
+    NO_VALUE,
+    BigValue,
+    Buffer,
+    ByteStore,
+    NoValue,
+    Unchanged,
+    VersionedStore,
+    peek,
+    total_size,
+)
 from nbcache.stores.tokens import create_or_read_token
 
 log = logging.getLogger(__name__)
@@ -53,12 +65,22 @@ class EntryStore:
         default_timeout: float = DEFAULT_TIMEOUT,
         name: str = "cache",
         clock_tolerance: float = 0.0,
+        near: NearCopies | None = None,
     ) -> None:
         self.store = store
         self.envelope = envelope or Envelope()
         self.default_timeout = default_timeout
         self.name = name
         self.clock_tolerance = settings.expiry_seconds("clock_tolerance", clock_tolerance)
+        # Only a store that names versions can prove a copy current (checked once: a runtime
+        # protocol check costs tens of microseconds).
+        self._versioned = store if isinstance(store, VersionedStore) else None
+        #: Near copies of big entries (None: none kept).
+        self.near = near if self._versioned is not None else None
+        # This store's copies serve this store only (its envelope: its secret, its namespace).
+        self._scope = object()
+        if self.near is not None:
+            weakref.finalize(self, self.near.forget_scope, self._scope)
 
     @property
     def default_timeout(self) -> float:
@@ -81,14 +103,13 @@ class EntryStore:
         Every method taking keys raises ``TypeError`` for a key that is not a ``str``.
         """
         _check_key(key)
-        return self.open(key, self.call(self.store.get, NO_VALUE, key), code_fingerprint)
+        return self._read([], [key], code_fingerprint)[1][0]
 
     def get_many(self, keys: Sequence[str]) -> list[Entry | NoValue]:
         """Entries in the order of ``keys``, NO_VALUE for each miss; one store round trip."""
         for key in keys:
             _check_key(key)
-        raws = self.call(self.store.get_many, [NO_VALUE] * len(keys), list(keys))
-        return [self.open(key, raw) for key, raw in zip(keys, raws, strict=True)]
+        return self._read([], list(keys))[1]
 
     def get_token_and_entries(
         self,
@@ -101,11 +122,8 @@ class EntryStore:
         The token is None if missing, or if what is there is not a token (planted, corrupt).
         ``code_fingerprint``: as for :meth:`get`.
         """
-        raws = self.call(self.store.get_many, [NO_VALUE] * (len(keys) + 1), [token_key, *keys])
-        entries = [
-            self.open(key, raw, code_fingerprint) for key, raw in zip(keys, raws[1:], strict=True)
-        ]
-        return token_from(raws[0]), entries
+        (token,), entries = self._read([token_key], keys, code_fingerprint)
+        return token_from(token), entries
 
     def read_tagged(
         self, token_key: str, key: str, code_fingerprint: CodeFingerprint | None = None
@@ -119,6 +137,9 @@ class EntryStore:
         lease on ``key`` the read finds its record (:class:`~nbcache.entries.leases.Held`).
         ``code_fingerprint``: as for :meth:`get`.
         """
+        if self.near is not None:
+            token, (found,) = self._read_tagged_near(token_key, [key], code_fingerprint)
+            return token, found
         # Every hit runs this: the store call and the entry's opening are written out here.
         try:
             raw_token, raw = self.store.get_many((token_key, key))
@@ -139,6 +160,8 @@ class EntryStore:
         code_fingerprint: CodeFingerprint | None = None,
     ) -> tuple[str | None, list[Entry | Held | NoValue]]:
         """:meth:`read_tagged` for many keys, in one store call."""
+        if self.near is not None:
+            return self._read_tagged_near(token_key, keys, code_fingerprint)
         found = self.call(self.store.get_many, None, [token_key, *keys])
         if found is None:
             return None, [NO_VALUE] * len(keys)
@@ -174,6 +197,73 @@ class EntryStore:
             return NO_VALUE
         return entry
 
+    def _read_tagged_near(
+        self,
+        token_key: str,
+        keys: Sequence[str],
+        code_fingerprint: CodeFingerprint | None,
+    ) -> tuple[str | None, list[Entry | Held | NoValue]]:
+        """:meth:`read_tagged_many` with near copies: a big entry this process holds comes
+        from its copy when the store says, in that same round trip, that it is still the
+        entry's current write (and the token is read in that round trip too)."""
+        near, store = self.near, self._versioned
+        assert near is not None and store is not None
+        token: str | None = None
+        found: list[Entry | Held | NoValue | None] = []
+        every = [token_key, *keys]
+        for attempt in range(2):
+            # A copy can vanish between asking the store and taking it (dropped for room):
+            # the second attempt reads everything again, holding nothing.
+            held = [None, *(None if attempt else near.held(self._scope, key) for key in keys)]
+            read = self.call(store.get_many_versioned, None, every, held)
+            if read is None:
+                return None, [NO_VALUE] * len(keys)
+            raw_token = _value(read[0][0])
+            token = None if isinstance(raw_token, NoValue) else str(raw_token, "latin-1")
+            found = [
+                self._open_tagged_versioned(
+                    key, value, version, known is not None, token, code_fingerprint
+                )
+                for key, (value, version), known in zip(keys, read[1:], held[1:], strict=True)
+            ]
+            if None not in found:
+                break
+        return token, [NO_VALUE if entry is None else entry for entry in found]
+
+    def _open_tagged_versioned(
+        self,
+        key: str,
+        value: Buffer | NoValue | Unchanged,
+        version: bytes | None,
+        held: bool,
+        token: str | None,
+        code_fingerprint: CodeFingerprint | None,
+    ) -> Entry | Held | NoValue | None:
+        """:meth:`_open_tagged` for what a versioned read found (None: its near copy is gone,
+        read it again). ``held``: this store held a copy of ``key`` when it asked."""
+        near = self.near
+        assert near is not None
+        if isinstance(value, Unchanged):
+            assert version is not None
+            copy = near.take(self._scope, key, version)
+            if copy is None:
+                return None
+            try:
+                header, _ = self.envelope.reopen_header(key, copy)
+                if token is None or header.tag != token or self._expired(header.expires):
+                    return NO_VALUE  # another generation's entry: not unpickled
+                return self.envelope.reopen(key, copy, code_fingerprint)
+            except EntryRefused as refusal:
+                _warn_refused(key, refusal)
+                near.forget(self._scope, key)
+                return NO_VALUE
+        entry = self._open_tagged(key, value, token, code_fingerprint)
+        if isinstance(entry, Entry) and version is not None and not isinstance(value, NoValue):
+            self._keep(key, version, [value], entry.expires)
+        elif held:  # what it held is stale now
+            near.forget(self._scope, key)
+        return entry
+
     def holds_tagged(
         self,
         key: str,
@@ -205,6 +295,92 @@ class EntryStore:
             return True
         return not isinstance(raw, NoValue) and self._live_header(key, raw, warn=True)
 
+    def _read(
+        self,
+        raw_keys: Sequence[str],
+        keys: Sequence[str],
+        code_fingerprint: CodeFingerprint | None = None,
+    ) -> tuple[list[Buffer | NoValue], list[Entry | NoValue]]:
+        """What ``raw_keys`` hold (as stored) and the entries under ``keys``: one round trip.
+
+        With near copies, a big entry this process holds comes from its copy when the store
+        says, in that same round trip, that it is still the entry's current write.
+        """
+        near, store = self.near, self._versioned
+        every = [*raw_keys, *keys]
+        if near is None or store is None:
+            raws = self.call(self.store.get_many, [NO_VALUE] * len(every), every)
+            found = raws[len(raw_keys) :]
+            entries = [
+                self.open(key, raw, code_fingerprint) for key, raw in zip(keys, found, strict=True)
+            ]
+            return raws[: len(raw_keys)], entries
+        read_entries: list[Entry | NoValue | None] = []
+        for attempt in range(2):
+            # A copy can vanish between asking the store and taking it (dropped for room):
+            # the second attempt reads everything again, holding nothing.
+            held: list[bytes | None] = [None] * len(raw_keys)
+            held += [None if attempt else near.held(self._scope, key) for key in keys]
+            read = self.call(store.get_many_versioned, [(NO_VALUE, None)] * len(every), every, held)
+            raws = [_value(value) for value, _ in read[: len(raw_keys)]]
+            read_entries = [
+                self._open_versioned(key, value, version, known is not None, code_fingerprint)
+                for key, (value, version), known in zip(
+                    keys, read[len(raw_keys) :], held[len(raw_keys) :], strict=True
+                )
+            ]
+            if None not in read_entries:
+                break
+        return raws, [NO_VALUE if entry is None else entry for entry in read_entries]
+
+    def _open_versioned(
+        self,
+        key: str,
+        value: Buffer | NoValue | Unchanged,
+        version: bytes | None,
+        held: bool,
+        code_fingerprint: CodeFingerprint | None,
+    ) -> Entry | NoValue | None:
+        """The entry a versioned read found (None: its near copy is gone, read it again).
+
+        ``held``: this store held a copy of ``key`` when it asked.
+        """
+        near = self.near
+        assert near is not None
+        if isinstance(value, Unchanged):
+            assert version is not None
+            copy = near.take(self._scope, key, version)
+            if copy is None:
+                return None
+            try:
+                reopened = self.envelope.reopen(key, copy, code_fingerprint)
+            except EntryRefused as refusal:
+                _warn_refused(key, refusal)
+                near.forget(self._scope, key)
+                return NO_VALUE
+            return NO_VALUE if self._expired(reopened.expires) else reopened
+        entry = self.open(key, value, code_fingerprint)
+        if isinstance(value, NoValue) or isinstance(entry, NoValue) or version is None:
+            if held:  # what it held is stale now (small values are never held otherwise)
+                near.forget(self._scope, key)
+        else:
+            self._keep(key, version, [value], entry.expires)
+        return entry
+
+    def _keep(self, key: str, version: bytes, entry: list[Buffer], expires: float | None) -> None:
+        """Have the near tier copy ``entry`` (the bytes of a verified or sealed entry)."""
+        assert self.near is not None
+        envelope = self.envelope
+
+        def check(copy: memoryview) -> bool:
+            try:
+                envelope.open_header(key, copy)
+            except EntryRefused:
+                return False
+            return True
+
+        self.near.keep(self._scope, key, version, entry, total_size(entry), expires, check)
+
     # -- writes ---------------------------------------------------------------------------
 
     def set(
@@ -232,10 +408,16 @@ class EntryStore:
         if ttl is not None and ttl < 0:
             self.delete(key)
             return True
-        frames = self.envelope.seal(
-            key, value, _expires(ttl), duration, meta, tag, code_fingerprint
-        )
-        return bool(self.call(self.store.set, False, key, frames, ttl))
+        expires = _expires(ttl)
+        frames = self.envelope.seal(key, value, expires, duration, meta, tag, code_fingerprint)
+        near, store = self.near, self._versioned
+        if near is None or store is None:
+            return bool(self.call(self.store.set, False, key, frames, ttl))
+        near.forget(self._scope, key)
+        stored, version = self.call(store.set_versioned, (False, None), key, frames, ttl)
+        if stored and version is not None:
+            self._keep(key, version, frames, expires)
+        return bool(stored)
 
     def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
         """Store ``value`` only if ``key`` holds no live entry; True if it did not."""
@@ -243,6 +425,7 @@ class EntryStore:
         ttl = self.ttl(timeout)
         if ttl is not None and ttl < 0:
             return not self.has(key)
+        self._forget(key)
         frames = self.envelope.seal(key, value, _expires(ttl))
         if self.call(self.store.add, False, key, frames, ttl):
             return True
@@ -265,6 +448,7 @@ class EntryStore:
         _check_key(key)
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise TypeError(f"inc takes an int delta, not {delta!r}")
+        self._forget(key)
         try:
             for _ in range(_CAS_ATTEMPTS):
                 raw, token = self.store.gets(key)
@@ -303,11 +487,18 @@ class EntryStore:
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if something was removed."""
         _check_key(key)
+        self._forget(key)
         return bool(self.call(self.store.delete, False, key))
 
     def clear(self) -> bool:
         """Forget every entry of this store's namespace (a shared server keeps the others)."""
+        if self.near is not None:
+            self.near.forget_scope(self._scope)
         return bool(self.call(self.store.clear, False))
+
+    def _forget(self, key: str) -> None:
+        if self.near is not None:
+            self.near.forget(self._scope, key)
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -364,9 +555,12 @@ class EntryStore:
             return NO_VALUE
         return entry
 
-    def _live_header(self, key: str, raw: Any, *, warn: bool) -> bool:
+    def _live_header(self, key: str, raw: Any, *, warn: bool, verified: bool = False) -> bool:
+        """True if ``raw`` is a trusted entry that has not expired (``verified``: the bytes of
+        a near copy, whose MAC was checked when it was made)."""
+        open_header = self.envelope.reopen_header if verified else self.envelope.open_header
         try:
-            header, _ = self.envelope.open_header(key, raw)
+            header, _ = open_header(key, raw)
         except EntryRefused as refusal:
             if warn:
                 _warn_refused(key, refusal)
@@ -443,6 +637,10 @@ def _token_raw(raw: Buffer | NoValue) -> bytes | None:
         return None
     data = view.tobytes()
     return data if _TOKEN_DIGITS.issuperset(data) else None
+
+
+def _value(value: Buffer | NoValue | Unchanged) -> Buffer | NoValue:
+    return NO_VALUE if isinstance(value, Unchanged) else value
 
 
 def _expires(ttl: float | None) -> float | None:

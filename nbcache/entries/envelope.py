@@ -261,6 +261,25 @@ class Envelope:
         assert opened is not None
         return opened
 
+    def reopen_header(self, key: str, entry: Buffer) -> tuple[Header, list[memoryview]]:
+        """Like :meth:`open_header`, without checking the MAC again.
+
+        Only for the bytes of an entry this envelope has verified or sealed under ``key``,
+        read from memory nothing else can have written since (a sealed memory file).
+        """
+        view = byte_view(entry)
+        header_end, payload = self._verified(key, view, check_mac=False)
+        header = Header.unpack(view[_PREAMBLE:header_end])
+        _check_writer(header, signed=self.signer is not None)
+        return header, _frames(view, header.sizes, payload)
+
+    def reopen(
+        self, key: str, entry: Buffer, code_fingerprint: CodeFingerprint | None = None
+    ) -> Entry:
+        """Like :meth:`open`, without checking the MAC again: see :meth:`reopen_header`."""
+        header, frames = self.reopen_header(key, entry)
+        return _loaded(key, header, frames, code_fingerprint)
+
     def open_tagged(
         self,
         key: str,
@@ -310,21 +329,19 @@ class Envelope:
         _check_writer(header, signed=self.signer is not None)
         if tag is not None and header.tag != tag:
             return None
-        frames = _frames(view, header.sizes, payload)
-        buffers = [_usable(key, buffer) for buffer in frames[1:]]
-        value = serializer.loads(frames[0], buffers, code_fingerprint)
-        return Entry(
-            value, header.created, header.expires, header.duration, header.tag, header.meta_json
-        )
+        return _loaded(key, header, _frames(view, header.sizes, payload), code_fingerprint)
 
     def _read_own_version(self) -> bytes:
         self._own_version = serializer.cloudpickle_version().encode()
         return self._own_version
 
-    def _verified(self, key: str, view: bytes | memoryview) -> tuple[int, int]:
+    def _verified(
+        self, key: str, view: bytes | memoryview, *, check_mac: bool = True
+    ) -> tuple[int, int]:
         """Where the header ends and the payload starts in a well-framed, authentic entry.
 
         Raises :class:`EntryRefused` for anything else; the header is not parsed here.
+        ``check_mac`` false: the MAC is not checked (see :meth:`reopen_header`).
         """
         try:
             magic, version, header_size = _LEAD.unpack_from(view)
@@ -342,6 +359,8 @@ class Envelope:
         mac_end = header_end + KEY_ID_SIZE + MAC_SIZE
         if len(view) < mac_end:
             raise EntryRefused("truncated entry")
+        if not check_mac:
+            return header_end, mac_end
         key_id = view[header_end : header_end + KEY_ID_SIZE]
         mac = view[mac_end - MAC_SIZE : mac_end]
         parts = self._signed_parts(key, view[_PREAMBLE:header_end], [view[mac_end:]])
@@ -374,6 +393,17 @@ def _writer_fields(python: str, cloudpickle: str, mac: str) -> tuple[bytes, byte
     return (
         bytes([_SERIALIZERS[serializer.NAME], major, minor, _MAC_KINDS[mac]]),
         cloudpickle.encode(),
+    )
+
+
+def _loaded(
+    key: str, header: Header, frames: list[memoryview], code_fingerprint: CodeFingerprint | None
+) -> Entry:
+    """The entry whose checked header and frames are given: its value unpickled."""
+    buffers = [_usable(key, buffer) for buffer in frames[1:]]
+    value = serializer.loads(frames[0], buffers, code_fingerprint)
+    return Entry(
+        value, header.created, header.expires, header.duration, header.tag, header.meta_json
     )
 
 
