@@ -60,6 +60,12 @@ def new_cache(server: MemcachedServer, **options: object) -> MemcachedCache:
 
 
 @pytest.fixture
+def memcached(memcached_factory: Callable[..., MemcachedServer]) -> MemcachedServer:
+    """A private server with room for the big values here (stock settings otherwise)."""
+    return memcached_factory(memory_mb=512)
+
+
+@pytest.fixture
 def cache(memcached: MemcachedServer) -> Iterator[MemcachedCache]:
     cache = new_cache(memcached)
     yield cache
