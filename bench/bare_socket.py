@@ -66,3 +66,23 @@ class BareSocket:
     def close(self) -> None:
         self.sock.close()
         self.process.wait(10)
+
+
+def bare_seconds(size: int, rounds: int = 3) -> dict[str, float]:
+    """Median seconds for ``size`` bytes over one loopback TCP connection, each way."""
+    import time
+
+    peer = BareSocket(size)
+    data = memoryview(bytearray(size))
+    sends, receives = [], []
+    try:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            peer.send(data)
+            sends.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            peer.receive()
+            receives.append(time.perf_counter() - started)
+    finally:
+        peer.close()
+    return {"send": sorted(sends)[len(sends) // 2], "receive": sorted(receives)[len(receives) // 2]}

@@ -109,8 +109,9 @@ def table(results: dict[str, Any]) -> str:
             speed = ""
             if first is not None and size >= 2**20:
                 speed = f"{size / first / 1e9:.2f} GB/s"
-                if bare:
-                    speed += f" ({bare['receive'] / first:.2f}x)"
+                bare_receive = figures.get("bare_receive") or (bare or {}).get("receive")
+                if bare_receive:
+                    speed += f" ({bare_receive / first:.2f}x)"
             method = figures.get("peak_memory_method")
             memory = bytes_text(figures.get("peak_memory"))
             if method == "tracemalloc":
@@ -157,14 +158,17 @@ class SpeedTarget(Target):
 
 @dataclass
 class BareSocketTarget(Target):
-    """A figure of one contestant against the bare socket moving the result's bytes."""
+    """A figure of one contestant against the bare socket moving the result's bytes (measured
+    just before it, in the same process)."""
 
     contestant: str = ""
     figure: str = ""
     direction: str = "receive"
 
     def ratio(self, figures: dict[str, dict[str, Any]], workload: dict[str, Any]) -> float:
-        bare = workload["bare_socket"][self.direction]
+        # The bare socket measured in the same process as the figure, else in the parent.
+        own = figures[self.contestant].get(f"bare_{self.direction}")
+        bare = own if own is not None else workload["bare_socket"][self.direction]
         return float(figures[self.contestant][self.figure] / bare)
 
 
