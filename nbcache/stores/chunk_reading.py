@@ -1,8 +1,8 @@
 """Reading big values back from their chunks: into one aligned buffer, checked as they land.
 
 A value's chunks are read into the one buffer that becomes the value
-(:func:`nbcache.stores.buffers.allocate`: aligned, prefaulted), straight from the socket when
-the inner store offers :class:`ChunkTransport` (memcached does), else copied once from what
+(:func:`nbcache.stores.buffers.allocate`: aligned), straight from the socket when the inner
+store offers :class:`ChunkTransport` (memcached does), else copied once from what
 ``get_many`` returns. The value's digest is computed as its chunks land, in order, while
 later ones are still arriving, and compared with the manifest's: whatever is missing, of the
 wrong size or corrupt is a miss.
@@ -107,7 +107,8 @@ def _receive(
     transport: ChunkTransport, wanted: Sequence[tuple[str, Manifest]]
 ) -> list[memoryview | NoValue]:
     """Each value received into its final buffer (no copy), its digest computed as it lands."""
-    buffers = [aligned.allocate(manifest.total) for _, manifest in wanted]
+    # Not prefaulted: the receiving threads fault in their own chunks' pages, in parallel.
+    buffers = [aligned.allocate(manifest.total, prefault=False) for _, manifest in wanted]
     chunk_keys: list[str] = []
     targets: list[memoryview] = []
     digests: list[InOrderDigest] = []

@@ -466,7 +466,7 @@ class ChunkedStore:
         keys = [chunk for chunk, _ in items]
         sizes = [sum(piece.nbytes for piece in pieces) for _, pieces in items]
         value_digest = digest(views)
-        if not self._send_chunks(key, items, chunk_ttl) or not self._stayed(key, size, keys[0]):
+        if not self._send_chunks(key, items, chunk_ttl) or not self._stayed(key, size, keys):
             self._delete_quietly(keys)
             return None
         body = encode_manifest(write_id, sizes, value_digest, _tail(views, TAIL_BYTES))
@@ -501,16 +501,20 @@ class ChunkedStore:
             return False
         return True
 
-    def _stayed(self, key: str, size: int, first_chunk: str) -> bool:
-        """Whether the first chunk of a value that is big for the server is still there.
+    def _stayed(self, key: str, size: int, chunk_keys: Sequence[str]) -> bool:
+        """Whether the first chunks of a value that is big for the server are still there.
 
         memcached evicts the least recently used items first: if a value does not fit, the
-        chunks written first are gone by the time the last one is written.
+        chunks written first are gone by the time the last one is written. Chunks may travel
+        over several connections at once (``inner.transfer_connections``), dealt round-robin:
+        each connection's first chunk is one of the first ones, so those are looked for.
         """
         memory = getattr(self.inner, "memory_limit", None)
         if not isinstance(memory, int) or size * _CHECKED_SHARE < memory:
             return True
-        if not isinstance(self.inner.get(first_chunk), NoValue):
+        connections = getattr(self.inner, "transfer_connections", 1)
+        first = self.inner.get_many(chunk_keys[: max(1, int(connections))])
+        if not any(isinstance(chunk, NoValue) for chunk in first):
             return True
         self._unkept_size = min(size, self._unkept_size or size)
         held = f"the server holds {_mib(memory)} (-m)"
