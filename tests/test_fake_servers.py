@@ -27,6 +27,8 @@ SECRET = "fake-servers-secret-0123456789abcdef"
 TIMEOUT = 0.5
 SLACK = 1.5  # seconds of scheduling noise allowed on top of the bound
 MIB = 1024 * 1024
+#: Chunks enough for four connections (transfer.MIN_CHUNKS_PER_PART each).
+PARALLEL_CHUNKS = 32
 BEHAVIOURS = ["silent", "slow", "flood", "garbage"]
 
 CACHE_OPERATIONS: dict[str, tuple[Callable[[MemcachedCache], Any], Any]] = {
@@ -88,6 +90,17 @@ STORE_OPERATIONS: dict[str, Callable[[MemcachedStore], Any]] = {
     "get_chunks_into": lambda store: store.get_chunks_into(
         ["c0", "c1"], [memoryview(bytearray(MIB)), memoryview(bytearray(64))]
     ),
+    # Enough chunks to travel over several connections at once: one deadline for them all.
+    "set_chunks over connections": lambda store: store.set_chunks(
+        [(f"c{index}", [b"x" * (64 * 1024)]) for index in range(PARALLEL_CHUNKS)], None
+    ),
+    "get_chunks_into over connections": lambda store: store.get_chunks_into(
+        [f"c{index}" for index in range(PARALLEL_CHUNKS)],
+        [memoryview(bytearray(64)) for _ in range(PARALLEL_CHUNKS)],
+    ),
+    "delete_chunks": lambda store: store.delete_chunks(
+        [f"c{index}" for index in range(PARALLEL_CHUNKS)]
+    ),
 }
 
 
@@ -100,7 +113,11 @@ def test_every_store_operation_on_a_broken_server_faults_within_the_timeout(
     the breaker here lets the operation itself through right after that failed)."""
     with fake_server(behaviour) as server:
         store = MemcachedStore(
-            [server.address], timeout=TIMEOUT, connect_timeout=TIMEOUT, breaker_cooldown=1e-6
+            [server.address],
+            timeout=TIMEOUT,
+            connect_timeout=TIMEOUT,
+            breaker_cooldown=1e-6,
+            transfer_connections=4,
         )
         with resident_growth() as growth:
             start_call = STORE_OPERATIONS[operation]

@@ -154,6 +154,15 @@ def _get_many_of(names: list[bytes]) -> Callable[[Client], dict[bytes, bytes | m
     return get_many
 
 
+def _reply_size(targets: Sequence[memoryview]) -> int:
+    """Bytes a ``get`` of values of exactly the targets' sizes takes, lines included.
+
+    Chunk keys name one write each, so a chunk of another size is out of protocol: the
+    budget of a chunk read has no room for one (the read fails, and the value is a miss).
+    """
+    return sum(target.nbytes for target in targets) + (len(targets) + 1) * REPLY_LINE
+
+
 def _item_size_max(client: Client) -> int:
     """The server's item limit (``-I``); a reply without one in memcached's range is out of
     protocol (raised inside the operation, so its connection is discarded)."""
@@ -438,11 +447,12 @@ class MemcachedStore:
         """Read the value of each key straight into the target at the same position.
 
         Per key: True if the value was there with exactly the target's length. Keys must be
-        distinct; targets flat writable byte views (slices of one buffer, typically). Values
-        travel over several connections per server at once; ``landed(index)`` is called in
-        the calling thread as each target is whole (it is not written again). Raises
-        :class:`StoreFault` if a server failed (a value missing a chunk is unusable anyway),
-        once every transfer has ended.
+        distinct; targets flat writable byte views (slices of one buffer, typically). The
+        reply may take only the targets' bytes (and its lines): values much longer than their
+        targets make the call fail. Values travel over several connections per server at
+        once; ``landed(index)`` is called in the calling thread as each target is whole (it is
+        not written again). Raises :class:`StoreFault` if a server failed (a value missing a
+        chunk is unusable anyway), once every transfer has ended.
         """
         by_server: dict[ServerConnection, tuple[list[bytes], list[memoryview], list[int]]] = {}
         for index, (key, target) in enumerate(zip(keys, targets, strict=True)):
@@ -457,15 +467,15 @@ class MemcachedStore:
                 [positions[i] for i in part],
                 [names[i] for i in part],
                 [views[i] for i in part],
-                self._read_limits(len(part))[1],
+                _reply_size([views[i] for i in part]),
             )
             for server, (names, views, positions) in by_server.items()
             for part in transfer.parts_of(len(names), self.transfer_connections)
         ]
         found = [False] * len(keys)
         if parts:
-            # One deadline for the whole read: as long as one connection reading it all gets.
-            transfer.receive(parts, found, landed, self._read_limits(len(keys))[0])
+            # One deadline for the whole read, its allowance for the bytes it is to bring.
+            transfer.receive(parts, found, landed, transfer_allowance(_reply_size(targets)))
         return found
 
     def delete_chunks(self, keys: Sequence[str]) -> None:
