@@ -56,6 +56,15 @@ def seconds(call: Callable[[], Any]) -> float:
     return elapsed
 
 
+def set_transfer_connections(cache: MemcachedCache, connections: int) -> None:
+    """Make ``cache``'s memcached store move big values over ``connections`` per server
+    (a store setting, not a cache option: found under the cache's layers)."""
+    store: Any = cache.entries.store
+    while not hasattr(store, "transfer_connections"):
+        store = store.inner
+    store.transfer_connections = connections
+
+
 def big_values(
     server: MemcachedServer, mib: int, rounds: int, connections: int, compress: bool
 ) -> None:
@@ -66,10 +75,11 @@ def big_values(
         array = np.arange(array.size, dtype=np.float64)  # something that compresses
     size = array.nbytes
     options: dict[str, Any] = {"secret": SECRET, "compress": compress}
-    if connections:
-        options["transfer_connections"] = connections
     writer = MemcachedCache([server.address], **options)
     stranger = MemcachedCache([server.address], near_bytes=0, **options)
+    if connections:
+        for cache in (writer, stranger):
+            set_transfer_connections(cache, connections)
     local = SimpleCache()
     assert local.set("big", array)
     peer = BareSocket(size)
