@@ -214,6 +214,10 @@ class ChunkedStore:
         results: list[Versioned] = [(NO_VALUE, None)] * len(keys)
         manifests: list[tuple[int, Manifest]] = []
         for position, (key, record) in enumerate(zip(keys, records, strict=True)):
+            if type(record) is bytes and record[-1:] == INLINE_V2:
+                # The usual small value (no version), as in get_many.
+                results[position] = (memoryview(record)[:-1], None)
+                continue
             decoded = self._decode_record(key, record)
             if isinstance(decoded, Manifest):
                 if held[position] is not None and held[position] == manifest_version(decoded):

@@ -141,16 +141,20 @@ class NamespacedStore:
             return [(NO_VALUE, None)] * len(keys)
         results: list[Versioned] = []
         for (record, version), known in zip(records, held, strict=True):
+            if isinstance(record, NoValue):
+                results.append((NO_VALUE, None))
+                continue
             if isinstance(record, Unchanged):
                 # The same bytes as the held value, so its suffix is the held generation.
                 fresh = known is not None and known[-GENERATION_BYTES:] == current
                 results.append((UNCHANGED, known) if fresh else (NO_VALUE, None))
                 continue
-            value = cast(Buffer | NoValue, self._current_value(record, current))
-            if isinstance(value, NoValue):
+            view = byte_view(record)
+            end = view.nbytes - GENERATION_BYTES
+            if end < 0 or view[end:] != current:
                 results.append((NO_VALUE, None))
             else:
-                results.append((value, None if version is None else version + current))
+                results.append((view[:end], None if version is None else version + current))
         return results
 
     def _generation_read(self, raw: Buffer | NoValue) -> bytes | None:
