@@ -263,6 +263,31 @@ def test_cache_clear_recomputes_a_big_result(memcached: MemcachedServer) -> None
     assert runs == [1, 1, 1], "invalidate must make the next call recompute"
 
 
+def test_a_cached_function_keeps_what_it_read_and_hits_its_copy(
+    memcached: MemcachedServer,
+) -> None:
+    cache = new_cache(memcached)
+    runs = Runs()
+
+    @cached_result(cache=cache)
+    def tripled(seed: int) -> np.ndarray:
+        runs.append(seed)
+        return big(seed) * 3
+
+    first = tripled(4)
+    tier(cache).settle()
+    tier(cache).clear()  # as in a kernel that finds the result another one stored
+    before = sent_by(memcached)
+    assert np.array_equal(tripled(4), first)
+    assert sent_by(memcached) - before > first.nbytes, "the first read must move the value"
+    tier(cache).settle()
+    for call in (lambda: tripled(4), lambda: tripled.map([4])[0]):
+        before = sent_by(memcached)
+        assert np.array_equal(call(), first)
+        assert sent_by(memcached) - before < 16 * 1024
+    assert runs == [4]
+
+
 # -- faults between a near hit and the next call --------------------------------------------
 
 
