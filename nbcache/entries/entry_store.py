@@ -208,27 +208,46 @@ class EntryStore:
         entry's current write (and the token is read in that round trip too)."""
         near, store = self.near, self._versioned
         assert near is not None and store is not None
-        token: str | None = None
-        found: list[Entry | Held | NoValue | None] = []
-        every = [token_key, *keys]
-        for attempt in range(2):
-            # A copy can vanish between asking the store and taking it (dropped for room):
-            # the second attempt reads everything again, holding nothing.
-            held = [None, *(None if attempt else near.held(self._scope, key) for key in keys)]
-            read = self.call(store.get_many_versioned, None, every, held)
-            if read is None:
+        scope = self._scope
+        every = [token_key]
+        every += keys
+        held: list[bytes | None] = [None]
+        held += [near.held(scope, key) for key in keys]
+        for _ in range(2):
+            try:
+                read = store.get_many_versioned(every, held)
+            except NotImplementedError:
+                raise
+            except Exception as fault:
+                self._report("get_many_versioned", fault)
                 return None, [NO_VALUE] * len(keys)
-            raw_token = _value(read[0][0])
-            token = None if isinstance(raw_token, NoValue) else str(raw_token, "latin-1")
-            found = [
-                self._open_tagged_versioned(
-                    key, value, version, known is not None, token, code_fingerprint
+            raw_token = read[0][0]
+            token = (
+                None if isinstance(raw_token, NoValue | Unchanged) else str(raw_token, "latin-1")
+            )
+            found: list[Entry | Held | NoValue] = []
+            for index, key in enumerate(keys, 1):
+                value, version = read[index]
+                if version is None and held[index] is None:
+                    # A small value (no version), and no copy to forget: the plain way.
+                    found.append(
+                        self._open_tagged(
+                            key, cast(Buffer | NoValue, value), token, code_fingerprint
+                        )
+                    )
+                    continue
+                entry = self._open_tagged_versioned(
+                    key, value, version, held[index] is not None, token, code_fingerprint
                 )
-                for key, (value, version), known in zip(keys, read[1:], held[1:], strict=True)
-            ]
-            if None not in found:
-                break
-        return token, [NO_VALUE if entry is None else entry for entry in found]
+                if entry is None:
+                    break
+                found.append(entry)
+            else:
+                return token, found
+            # A copy vanished between asking the store and taking it (dropped for room):
+            # read everything again, holding nothing.
+            held = [None] * len(every)
+        return token, [NO_VALUE] * len(keys)
 
     def _open_tagged_versioned(
         self,

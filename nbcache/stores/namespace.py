@@ -127,15 +127,18 @@ class NamespacedStore:
         inner = self._versioned
         if inner is None:
             return [(value, None) for value in self.get_many(keys)]
+        prefix = self._prefix
+        inner_keys = [self.generation_key]
+        inner_keys += [prefix + key for key in keys]
         # The inner store's part of each held version (the generation is the last bytes).
-        cut = -GENERATION_BYTES
-        inner_held = [
-            None if version is None or len(version) <= GENERATION_BYTES else version[:cut]
+        inner_held: list[bytes | None] = [None]
+        inner_held += [
+            None
+            if version is None or len(version) <= GENERATION_BYTES
+            else version[:-GENERATION_BYTES]
             for version in held
         ]
-        (generation, _), *records = inner.get_many_versioned(
-            [self.generation_key, *(self._prefix + key for key in keys)], [None, *inner_held]
-        )
+        (generation, _), *records = inner.get_many_versioned(inner_keys, inner_held)
         current = self._generation_read(_value_or_miss(generation))
         if current is None:
             return [(NO_VALUE, None)] * len(keys)
