@@ -62,13 +62,7 @@ def shown(cell: Any) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for output in cell.outputs:
         if output.output_type == "stream":
-            kept = [
-                line
-                for line in output.text.splitlines(keepends=True)
-                if not line.startswith("nbcache: restored ")
-            ]
-            if kept:
-                found.append((output.name, "".join(kept)))
+            found.append((output.name, output.text))
         elif output.output_type == "execute_result":
             found += [("result " + mime, str(output.data[mime])) for mime in sorted(output.data)]
         elif output.output_type == "display_data":
@@ -76,12 +70,20 @@ def shown(cell: Any) -> list[tuple[str, str]]:
         else:
             found.append((output.output_type, str(output)))
     merged: list[tuple[str, str]] = []
-    for kind, text in found:  # a stream split in two messages shows as one
+    for kind, text in found:  # the kernel splits a stream into messages where it likes
         if merged and kind in ("stdout", "stderr") and merged[-1][0] == kind:
             merged[-1] = (kind, merged[-1][1] + text)
         else:
             merged.append((kind, text))
-    return merged
+    plain: list[tuple[str, str]] = []
+    for kind, text in merged:  # lines are whole only once the messages are joined
+        if kind in ("stdout", "stderr"):
+            lines = text.splitlines(keepends=True)
+            text = "".join(line for line in lines if not line.startswith("nbcache: restored "))
+            if not text:
+                continue
+        plain.append((kind, text))
+    return plain
 
 
 def cached_cells(cells: list[Any]) -> list[Any]:

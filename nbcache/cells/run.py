@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -261,7 +262,7 @@ def _restore(shell: Any, cache: Cache, plan: _Plan, options: CellOptions) -> _Re
         if not options.quiet:
             names = [n for n in effects.restored_names() if n not in plan.code.incidental]
             when = (entry.created, entry.duration, entry.expires, time.time(), restore_time)
-            print(hit_note(names, cache.name, *when), flush=True)
+            _note(hit_note(names, cache.name, *when))
         recorded: RecordedOutput = payload["output"]
         replay_output(shell, recorded, show_result=False)
         if _displayed(payload["result"]):
@@ -280,12 +281,18 @@ def _restore(shell: Any, cache: Cache, plan: _Plan, options: CellOptions) -> _Re
     return _Restored(payload["result"], entry.duration, restore_time)
 
 
+def _note(line: str) -> None:
+    """Print one note line in one write, so a kernel never sends it split across two messages."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _unchanged_inputs(tag: str, meta_json: bytes, options: CellOptions) -> HiddenInputs | None:
     """The entry's hidden inputs if none changed (a note says which did otherwise), or None."""
     reason, inputs = entry_change(tag, meta_json)
     if reason is not None:
         if not options.quiet:
-            print(f"nbcache: running {options.label}: {reason}", flush=True)
+            _note(f"nbcache: running {options.label}: {reason}")
         return None
     return inputs or HiddenInputs()
 
