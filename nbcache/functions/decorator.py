@@ -46,6 +46,7 @@ from nbcache.functions.explain import (
     explain,
     record_slot_keys,
 )
+from nbcache.functions.remembered_keys import RememberedKeys, call_identity, remember
 from nbcache.functions.stampede import (
     DEFAULT_LEASE,
     Computed,
@@ -213,6 +214,7 @@ class CachedFunction:
             version = (version, ("depends_on", self.depends_on))
         self.keys = CallKeyBuilder(func, ignore=ignore, version=version, key=key)
         self.memo = FingerprintMemo(func)
+        self.remembered = RememberedKeys()
         self.name = func.__qualname__
         self._stats_lock = threading.Lock()
         self._hits = self._misses = 0
@@ -374,7 +376,6 @@ class CachedFunction:
     def call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallKey:
         """The key and key material of one call (raises when it has none)."""
         snapshot = self.memo.current()
-        arguments = self.keys.argument_digests(args, kwargs)
         global_digests, opaque = snapshot.global_digests(self._state(snapshot))
         for label, problem in opaque.items():
             # A connection or lock read from a global: its state is not an input we can see;
@@ -388,7 +389,17 @@ class CachedFunction:
                 problem.reason,
                 level=logging.DEBUG,
             )
-        return self.keys.build(snapshot.fingerprint, arguments, global_digests)
+        identity = None if self.keys.custom_key else call_identity(args, kwargs)
+        if identity is not None:
+            remembered = self.remembered.keys_for(snapshot, global_digests)
+            call = remembered.get(identity)
+            if call is not None:
+                return call
+        arguments = self.keys.argument_digests(args, kwargs)
+        call = self.keys.build(snapshot.fingerprint, arguments, global_digests)
+        if identity is not None:
+            remember(remembered, identity, call)
+        return call
 
     def _state(self, snapshot: CodeSnapshot) -> frozenset[str]:
         """Labels of the globals this code changes as it runs (left out of its keys)."""
