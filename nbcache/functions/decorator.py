@@ -256,29 +256,54 @@ class CachedFunction:
         return found
 
     def _lookup(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The hit's value (counted), or a :class:`_Miss`, or ``_UNCACHED`` (no key)."""
+        """The hit's value (counted), or a :class:`_Miss`, or ``_UNCACHED`` (no key).
+
+        A call of plain arguments that hit before reads under its remembered key, without
+        binding or digesting its arguments (:mod:`nbcache.functions.remembered_keys`).
+        """
+        cache = self._cache or get_cache()
+        releases = claims.releases
+        read = None
         try:
-            call = self.call_key(args, kwargs)
+            snapshot = self.memo.current()
+            global_digests = self._global_digests(snapshot)
+            identity = None if self.keys.custom_key else call_identity(args, kwargs)
+            if identity is not None:
+                remembered = self.remembered.keys_for(snapshot, global_digests)
+                key = remembered.get(identity)
+                if key is not None:
+                    read = self._read(cache, key)
+                    if read[2]:
+                        return read[1]
+            call = self._built_key(snapshot, global_digests, args, kwargs)
         except Exception as problem:
             self._no_key(problem)
             return _UNCACHED
-        cache = self._cache or get_cache()
-        releases = claims.releases
+        generation, found, hit = read or self._read(cache, call.key)
+        if hit:
+            if identity is not None:
+                remember(remembered, identity, call.key)
+            return found
+        miss = _Miss(self, cache, call, generation, found, releases)
+        if self._computing_already(miss):
+            return _UNCACHED
+        self._log_miss(cache, call)
+        return miss
+
+    def _read(self, cache: Cache, key: str) -> tuple[str | None, Any, bool]:
+        """The function's generation, then the hit's value (counted) and True, or what a
+        miss saw (a lease, NO_VALUE) and False."""
         generation, found = cache.entries.read_tagged(
-            self.keys.generation_key, call.key, function_fingerprint
+            self.keys.generation_key, key, function_fingerprint
         )
         if isinstance(found, Entry):
             if not found.meta_json or self._unchanged(found):
                 with self._stats_lock:
                     self._hits += 1
                     self._saved += found.duration or 0.0
-                return found.value
+                return generation, found.value, True
             found = NO_VALUE
-        miss = _Miss(self, cache, call, generation, found, releases)
-        if self._computing_already(miss):
-            return _UNCACHED
-        self._log_miss(cache, call)
-        return miss
+        return generation, found, False
 
     def _finish(self, outcome: Entry | Computed) -> Any:
         """Count what the stampede protocol found or computed, and return its value."""
@@ -376,6 +401,20 @@ class CachedFunction:
     def call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallKey:
         """The key and key material of one call (raises when it has none)."""
         snapshot = self.memo.current()
+        return self._built_key(snapshot, self._global_digests(snapshot), args, kwargs)
+
+    def _built_key(
+        self,
+        snapshot: CodeSnapshot,
+        global_digests: dict[str, str],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> CallKey:
+        arguments = self.keys.argument_digests(args, kwargs)
+        return self.keys.build(snapshot.fingerprint, arguments, global_digests)
+
+    def _global_digests(self, snapshot: CodeSnapshot) -> dict[str, str]:
+        """Digests of the global inputs the code reads now (state left out)."""
         global_digests, opaque = snapshot.global_digests(self._state(snapshot))
         for label, problem in opaque.items():
             # A connection or lock read from a global: its state is not an input we can see;
@@ -389,17 +428,7 @@ class CachedFunction:
                 problem.reason,
                 level=logging.DEBUG,
             )
-        identity = None if self.keys.custom_key else call_identity(args, kwargs)
-        if identity is not None:
-            remembered = self.remembered.keys_for(snapshot, global_digests)
-            call = remembered.get(identity)
-            if call is not None:
-                return call
-        arguments = self.keys.argument_digests(args, kwargs)
-        call = self.keys.build(snapshot.fingerprint, arguments, global_digests)
-        if identity is not None:
-            remember(remembered, identity, call)
-        return call
+        return global_digests
 
     def _state(self, snapshot: CodeSnapshot) -> frozenset[str]:
         """Labels of the globals this code changes as it runs (left out of its keys)."""

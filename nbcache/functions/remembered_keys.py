@@ -7,7 +7,9 @@ and again. For arguments that are *plain values* (exact ``int``, ``bool``, ``Non
 ``str`` and ``bytes``, ``float``), the arguments themselves identify their digests, so the
 key built the last time is the key again: it is remembered here, looked up by the arguments
 and their exact types (``1``, ``True`` and ``1.0`` are equal in Python, never here) — floats
-by their bits (``0.0 == -0.0``, never here).
+by their bits (``0.0 == -0.0``, never here). Only the keys of calls that hit are remembered
+(a call that misses may never come again), and only the key text: nothing the garbage
+collector has to walk.
 
 What is remembered holds only while the code snapshot is the same object and the global
 inputs have the same digests; anything else (edited code, a changed global, a global learned
@@ -20,8 +22,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from typing import Any
-
-from nbcache.functions.call_key import CallKey
 
 #: At most this many keys are remembered per function (then all are forgotten at once).
 MAX_KEYS = 4096
@@ -62,9 +62,9 @@ class RememberedKeys:
     __slots__ = ("_state",)
 
     def __init__(self) -> None:
-        self._state: tuple[object, dict[str, str], dict[Any, CallKey]] = (None, {}, {})
+        self._state: tuple[object, dict[str, str], dict[Any, str]] = (None, {}, {})
 
-    def keys_for(self, snapshot: object, global_digests: dict[str, str]) -> dict[Any, CallKey]:
+    def keys_for(self, snapshot: object, global_digests: dict[str, str]) -> dict[Any, str]:
         """The remembered keys by :func:`call_identity`, for this snapshot and these globals.
 
         Add to it with :func:`remember`.
@@ -75,8 +75,8 @@ class RememberedKeys:
         return state[2]
 
 
-def remember(keys: dict[Any, CallKey], identity: Any, call: CallKey) -> None:
-    """Remember ``call`` under ``identity`` in ``keys``, keeping at most :data:`MAX_KEYS`."""
+def remember(keys: dict[Any, str], identity: Any, key: str) -> None:
+    """Remember ``key`` under ``identity`` in ``keys``, keeping at most :data:`MAX_KEYS`."""
     if len(keys) >= MAX_KEYS:
         keys.clear()
-    keys[identity] = call
+    keys[identity] = key
