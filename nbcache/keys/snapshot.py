@@ -24,7 +24,7 @@ value whose witness holds: see :mod:`nbcache.keys.witness`). Globals the code as
 from __future__ import annotations
 
 import types
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from nbcache.exceptions import UnhashableValue
 from nbcache.keys.code_walk import MISSING, CodeReads, Kind, walk
 from nbcache.keys.digest import value_digest
 from nbcache.keys.fingerprint import function_fingerprint, function_fingerprint_parts
+from nbcache.keys.function_fields import FIELDS, expected_words, fields_view
 
 _FROZEN_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes, range})
 
@@ -68,6 +69,11 @@ class CodeSnapshot:
     assigned: frozenset[str] = frozenset()
     volatile: bool = False
     _attributes: list[tuple[object, str, object]] = field(default_factory=list)
+    #: Functions' fields read through views: (view, the words it read, then the function and
+    #: the objects the words are, kept alive: no other object can take their addresses).
+    _fields: list[tuple[Callable[[], list[Any]], list[Any], tuple[object, ...]]] = field(
+        default_factory=list
+    )
     _entries: list[tuple[Any, str, object]] = field(default_factory=list)
     _cells: list[tuple[types.CellType, object]] = field(default_factory=list)
     _slots: tuple[_Slot, ...] = ()
@@ -96,15 +102,40 @@ class CodeSnapshot:
         snapshot.global_inputs = tuple(inputs.values())
         snapshot.assigned = frozenset(assigned)
         snapshot._slots = tuple(_Slot(global_input) for global_input in snapshot.global_inputs)
+        snapshot._read_fields_unaudited()
         # Identities are recorded before the fingerprint is computed: a change in between
         # fails the next check instead of hiding behind a fingerprint of the newer code.
         snapshot.fingerprint = function_fingerprint(func)
         return snapshot
 
+    def _read_fields_unaudited(self) -> None:
+        """Check functions' code and defaults through field views where the layout is known
+        (:mod:`nbcache.keys.function_fields`), instead of by audited attribute reads."""
+        by_function: dict[int, list[tuple[object, str, object]]] = {}
+        for read in self._attributes:
+            if read[1] in FIELDS and type(read[0]) is types.FunctionType:
+                by_function.setdefault(id(read[0]), []).append(read)
+        viewed: set[int] = set()
+        for reads in by_function.values():
+            values = {name: value for _, name, value in reads}
+            func = reads[0][0]
+            view = fields_view(func)  # type: ignore[arg-type]
+            if len(values) != len(FIELDS) or view is None:
+                continue
+            expected = tuple(values[name] for name in FIELDS)
+            if expected_words(view, expected):  # else: changed meanwhile; read attributes
+                self._fields.append((view, view(), (func, *expected)))
+                viewed.update(id(read) for read in reads)
+        if viewed:
+            self._attributes = [read for read in self._attributes if id(read) not in viewed]
+
     def unchanged(self) -> bool:
         """True if every recorded object is still the same object (and nothing is volatile)."""
         if self.volatile:
             return False
+        for view, words, _ in self._fields:
+            if view() != words:
+                return False
         for owner, attribute, expected in self._attributes:
             if getattr(owner, attribute, MISSING) is not expected:
                 return False
