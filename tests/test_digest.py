@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbcache.exceptions import NbcacheError
-from nbcache.keys.digest import UnhashableValue, register_token, value_digest
+from nbcache.keys.digest import TokenWriter, UnhashableValue, register_token, value_digest
 
 # pandas 3 stores text in a "str" dtype of its own; pandas 2 as objects.
 PANDAS_3 = int(pd.__version__.split(".")[0]) >= 3
@@ -595,3 +595,14 @@ def test_importing_tokenize_imports_neither_numpy_nor_pandas() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "number", [0, 1, -1, 255, 2**31, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 10**40]
+)
+def test_an_int_digests_as_its_canonical_encoding_whichever_path_computes_it(number: int) -> None:
+    """Small ints are digested without a writer: the digest is the writer's all the same."""
+    writer = TokenWriter()
+    writer.value(number)
+    assert value_digest(number) == writer.digest().hex()
+    assert value_digest(number) != value_digest(float(number)) != value_digest(number == 1)

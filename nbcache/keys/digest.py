@@ -59,6 +59,7 @@ _pack_u64 = struct.Struct("<Q").pack
 _pack_i64 = struct.Struct("<q").pack
 _pack_f64 = struct.Struct("<d").pack
 _NAN_BYTES = _pack_f64(float("nan"))
+_INT_PREFIX = _FORMAT_VERSION + b"i"
 #: Starts the encoding of a container of plain values (:mod:`nbcache.keys.digest_plain`).
 _PLAIN = b"\x10"
 
@@ -197,7 +198,10 @@ def value_digest(obj: object) -> str:
         # always encode alike (floats do not: 0.0 == -0.0).
         remembered = _remembered.get((cls, obj))
         if remembered is None:
-            remembered = _fresh_digest(obj)
+            if cls is int and _resolved.get(int) is _int:
+                remembered = _int_digest(obj)  # type: ignore[arg-type]
+            else:
+                remembered = _fresh_digest(obj)
             if len(_remembered) >= _REMEMBERED_VALUES:
                 _remembered.clear()
             _remembered[(cls, obj)] = remembered
@@ -212,6 +216,13 @@ def value_digest(obj: object) -> str:
             hasher.update(encoded)
             return str(hasher.hexdigest())
     return _fresh_digest(obj)
+
+
+def _int_digest(number: int) -> str:
+    """:func:`_fresh_digest` of an int: what :func:`_int` writes, hashed without a writer."""
+    if -(1 << 63) <= number < (1 << 63):
+        return xxhash.xxh3_128_hexdigest(_INT_PREFIX + _pack_i64(number))
+    return _fresh_digest(number)
 
 
 def _fresh_digest(obj: object) -> str:
