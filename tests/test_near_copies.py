@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from memcached_server import MemcachedServer
 
 from nbcache import MemcachedCache, cached_result
-from nbcache.entries.near import FILE_NAME, NearCopies
+from nbcache.entries.near import FILE_NAME, MIN_SIZE, NearCopies
 from nbcache.exceptions import ConfigurationError
 from nbcache.testing import memory_file_bytes, resident_bytes
 
@@ -117,13 +118,47 @@ def test_a_repeated_hit_of_a_stored_value_moves_no_value_bytes(
 ) -> None:
     value = big(1)
     assert cache.set("k", value)
-    assert np.array_equal(cache.get("k"), value)  # waits for the copy if still being made
+    tier(cache).settle()
     before = sent_by(memcached)
     for _ in range(3):
         assert np.array_equal(cache.get("k"), value)
     moved = sent_by(memcached) - before
     # Each hit reads the namespace generation and the value's manifest, not its 8 MiB.
     assert moved < 3 * 16 * 1024, moved
+
+
+def test_a_repeated_read_never_waits_for_a_copy_still_being_made(
+    cache: MemcachedCache, memcached: MemcachedServer
+) -> None:
+    """A copy held up (here behind another copy whose check does not return) is not waited
+    for: the read moves the value from the server at once, and leaves that copy to be made;
+    once made, it answers the next read."""
+    near = tier(cache)
+    gate = threading.Event()
+    try:
+        assert near.keep(
+            "elsewhere",
+            "blocker",
+            b"v",
+            [bytes(MIN_SIZE)],
+            MIN_SIZE,
+            None,
+            lambda copy: gate.wait(20.0),
+        )
+        value = big(6)
+        assert cache.set("k", value)  # its copy waits behind the blocker's
+        before = sent_by(memcached)
+        assert np.array_equal(cache.get("k"), value)
+        assert sent_by(memcached) - before > value.nbytes, "the read did not move the value"
+        assert not near.settle(timeout=0), "the held-back copies were made meanwhile"
+        assert len(near) == 2
+    finally:
+        gate.set()
+    assert near.settle(60)
+    assert len(near) == 2
+    before = sent_by(memcached)
+    assert np.array_equal(cache.get("k"), value)
+    assert sent_by(memcached) - before < 16 * 1024, "the copy made meanwhile did not answer"
 
 
 def test_a_value_read_once_is_kept_for_the_next_hit(memcached: MemcachedServer) -> None:

@@ -23,8 +23,10 @@ Why a copy can be trusted without checking its MAC again:
   with different secrets never accept each other's copies.
 
 Copies are made on one background thread per process, so neither a write nor a first read
-waits for one; a repeated read of a version whose copy is still being made waits for it (it
-costs less than moving the value again), at most :data:`WAIT_FOR_COPY` seconds.
+waits for one. Nor does a repeated read: a copy still being made is not held yet (the
+thread may be busy with other copies, or starved of CPU, for longer than reading the value
+again would take), so the read moves the value from the server as if there were no copy,
+and leaves the copy being made of that same version alone.
 
 The tier keeps at most ``max_bytes`` bytes of copies (in use or being made), dropping the
 least recently used; a copy that leaves closes its file, whose memory goes back to the
@@ -54,8 +56,6 @@ MIN_SIZE = 1024 * 1024
 DEFAULT_SHARE = 1 / 8
 #: The most copies a tier keeps by default, whatever the descriptor limit.
 MAX_COPIES = 512
-#: Seconds a read waits for a copy of the version it holds that is still being made.
-WAIT_FOR_COPY = 30.0
 #: The name of the tier's memory files (``/proc/<pid>/fd`` shows ``/memfd:nbcache-near``).
 FILE_NAME = "nbcache-near"
 
@@ -113,12 +113,13 @@ class NearCopies:
     # -- reads --------------------------------------------------------------------------
 
     def held(self, scope: Hashable, key: str) -> bytes | None:
-        """The version of the copy of ``key`` this scope holds (or is making), if any."""
+        """The version of the copy of ``key`` this scope holds, if any (made and checked:
+        a copy still being made is not held yet)."""
         if (scope, key) not in self._copies:  # the usual case for small values: no lock
             return None
         with self._lock:
             copy = self._copies.get((scope, key))
-            if copy is None:
+            if copy is None or copy.file is None:
                 return None
             if copy.expires is not None and copy.expires <= time.time():
                 self._drop((scope, key))
@@ -128,19 +129,12 @@ class NearCopies:
     def take(self, scope: Hashable, key: str, version: bytes) -> memoryview | None:
         """The caller's own copy-on-write mapping of the copy of ``version``, or None.
 
-        None if there is no such copy any more (dropped, or it failed its check). Waits for
-        a copy still being made.
+        None if there is no such copy (dropped, replaced, or not made yet): never waits.
         """
         slot = (scope, key)
         with self._lock:
             copy = self._copies.get(slot)
-        if copy is None or copy.version != version:
-            return None
-        if not copy.done.wait(WAIT_FOR_COPY):
-            log.debug("nbcache: gave up waiting for the near copy of %r", key)
-            return None
-        with self._lock:
-            if self._copies.get(slot) is not copy or copy.file is None:
+            if copy is None or copy.version != version or copy.file is None:
                 return None
             self._copies.move_to_end(slot)
             return copy.file.view()  # under the lock: dropping a copy closes its file
@@ -163,7 +157,9 @@ class NearCopies:
         it is exactly the entry that was verified (the envelope checks its MAC); only then is
         the copy published. The buffers are read by the background thread: they are kept
         alive until then, and a change to them in between costs the copy, nothing else.
-        False if the entry is too small or too big to keep here.
+        A copy of this same version, made or being made, is kept as it is (a read that did
+        not wait for it brings the same bytes). False if the entry is too small or too big
+        to keep here.
         """
         slot = (scope, key)
         if size < MIN_SIZE or size > self.max_bytes or not CAN_MAP_FILES:
@@ -171,6 +167,10 @@ class NearCopies:
             return False
         job = _Copy(version, size, expires, source=entry, check=check)
         with self._lock:
+            kept = self._copies.get(slot)
+            if kept is not None and kept.version == version:
+                self._copies.move_to_end(slot)
+                return True
             self._drop(slot)
             self._make_room(size)
             self._copies[slot] = job
