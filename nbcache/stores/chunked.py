@@ -50,8 +50,10 @@ from nbcache.stores.api import (
     ByteStore,
     CasToken,
     NoValue,
+    PrefixWatch,
     StoreThenGet,
     Versioned,
+    Watcher,
     byte_views,
     total_size,
 )
@@ -203,12 +205,13 @@ class ChunkedStore:
         return values
 
     def get_many_versioned(
-        self, keys: Sequence[str], held: Sequence[bytes | None]
+        self, keys: Sequence[str], held: Sequence[bytes | None], watch: Watcher | None = None
     ) -> list[Versioned]:
         """Values and versions: one round trip for the records, one for the chunks to fetch.
 
         A big value's version names its write (the trusted manifest's write id and digest); a
-        value stored inline has none. Chunks of a held version are not fetched.
+        value stored inline has none. Chunks of a held version are not fetched. ``watch``
+        follows big values received in place (:data:`~nbcache.stores.api.Watcher`).
         """
         records = self.inner.get_many(keys)
         results: list[Versioned] = [(NO_VALUE, None)] * len(keys)
@@ -227,7 +230,8 @@ class ChunkedStore:
             else:
                 results[position] = (decoded, None)
         if manifests:
-            read = self._read_values([(keys[position], m) for position, m in manifests])
+            watches = [watch(position, m.total) for position, m in manifests] if watch else []
+            read = self._read_values([(keys[position], m) for position, m in manifests], watches)
             for (position, manifest), value in zip(manifests, read, strict=True):
                 fetched = None if isinstance(value, NoValue) else manifest_version(manifest)
                 results[position] = (value, fetched)
@@ -306,7 +310,9 @@ class ChunkedStore:
             for chunk, size in zip(chunks, manifest.sizes, strict=True)
         )
 
-    def _read_values(self, wanted: Sequence[tuple[str, Manifest]]) -> list[memoryview | NoValue]:
+    def _read_values(
+        self, wanted: Sequence[tuple[str, Manifest]], watches: Sequence[PrefixWatch | None] = ()
+    ) -> list[memoryview | NoValue]:
         """The big values the manifests name, all chunks in one call; a miss for each broken one.
 
         A manifest nobody authenticated must not size an allocation on its word alone: when
@@ -321,7 +327,7 @@ class ChunkedStore:
                 values = read_values(self.inner, self._transport, present)
                 by_key = dict(zip((key for key, _ in present), values, strict=True))
                 return [by_key.get(key, NO_VALUE) for key, _ in wanted]
-        return read_values(self.inner, self._transport, wanted)
+        return read_values(self.inner, self._transport, wanted, watches)
 
     def chunk_keys(self, key: str) -> list[str]:
         """Keys of the chunks the manifest under ``key`` names now ([] for an inline value)."""

@@ -40,6 +40,7 @@ from nbcache.stores.api import (
     Unchanged,
     Versioned,
     VersionedStore,
+    Watcher,
     byte_view,
     peek,
     total_size,
@@ -91,9 +92,11 @@ class CompressedStore:
         return [self._decode(key, record) for key, record in zip(keys, records, strict=True)]
 
     def get_many_versioned(
-        self, keys: Sequence[str], held: Sequence[bytes | None]
+        self, keys: Sequence[str], held: Sequence[bytes | None], watch: Watcher | None = None
     ) -> list[Versioned]:
-        """Values and the inner store's versions of their records (none if it names none)."""
+        """Values and the inner store's versions of their records (none if it names none).
+
+        ``watch`` is not followed: what lands is compressed, not the value's bytes."""
         inner = self._versioned
         if inner is None:
             return [(value, None) for value in self.get_many(keys)]
