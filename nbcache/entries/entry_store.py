@@ -22,8 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from nbcache.entries.code_identity import CodeFingerprint
-from nbcache.entries.envelope import Entry, Envelope, MacVerifier
-from nbcache.entries.followed_mac import MacFollowers
+from nbcache.entries.envelope import Entry, Envelope
 from nbcache.entries.leases import Held, is_lease_record, is_lease_value
 from nbcache.entries.near import NearCopies
 from nbcache.exceptions import EntryRefused, StoreFault
@@ -179,18 +178,17 @@ class EntryStore:
         raw: Buffer | NoValue,
         token: str | None,
         code_fingerprint: CodeFingerprint | None,
-        verifier: MacVerifier | None = None,
     ) -> Entry | Held | NoValue:
         if isinstance(raw, NoValue):
             return NO_VALUE
         if token is None:  # no entry is selected; what is there is checked all the same
             try:
-                self.envelope.open_header(key, raw, verifier)
+                self.envelope.open_header(key, raw)
             except EntryRefused as refusal:
                 return _refused(key, raw, refusal)
             return NO_VALUE
         try:
-            entry = self.envelope.open_tagged(key, raw, token, code_fingerprint, verifier)
+            entry = self.envelope.open_tagged(key, raw, token, code_fingerprint)
         except EntryRefused as refusal:
             return _refused(key, raw, refusal)
         if entry is None or (
@@ -216,60 +214,40 @@ class EntryStore:
         held: list[bytes | None] = [None]
         held += [near.held(scope, key) for key in keys]
         for _ in range(2):
-            followers = self._mac_followers(every, 1)
             try:
-                found = self._tagged_near_read(every, keys, held, followers, code_fingerprint)
-            finally:
-                followers.close()
-            if found is not None:
-                return found
+                read = store.get_many_versioned(every, held)
+            except NotImplementedError:
+                raise
+            except Exception as fault:
+                self._report("get_many_versioned", fault)
+                return None, [NO_VALUE] * len(keys)
+            raw_token = read[0][0]
+            token = (
+                None if isinstance(raw_token, NoValue | Unchanged) else str(raw_token, "latin-1")
+            )
+            found: list[Entry | Held | NoValue] = []
+            for index, key in enumerate(keys, 1):
+                value, version = read[index]
+                if version is None and held[index] is None:
+                    # A small value (no version), and no copy to forget: the plain way.
+                    found.append(
+                        self._open_tagged(
+                            key, cast(Buffer | NoValue, value), token, code_fingerprint
+                        )
+                    )
+                    continue
+                entry = self._open_tagged_versioned(
+                    key, value, version, held[index] is not None, token, code_fingerprint
+                )
+                if entry is None:
+                    break
+                found.append(entry)
+            else:
+                return token, found
             # A copy vanished between asking the store and taking it (dropped for room):
             # read everything again, holding nothing.
             held = [None] * len(every)
-        return None, [NO_VALUE] * len(keys)
-
-    def _tagged_near_read(
-        self,
-        every: list[str],
-        keys: Sequence[str],
-        held: list[bytes | None],
-        followers: MacFollowers,
-        code_fingerprint: CodeFingerprint | None,
-    ) -> tuple[str | None, list[Entry | Held | NoValue]] | None:
-        """One attempt of :meth:`_read_tagged_near` (None: a copy vanished, read again)."""
-        store = self._versioned
-        assert store is not None
-        try:
-            read = store.get_many_versioned(every, held, followers)
-        except NotImplementedError:
-            raise
-        except Exception as fault:
-            self._report("get_many_versioned", fault)
-            return None, [NO_VALUE] * len(keys)
-        raw_token = read[0][0]
-        token = None if isinstance(raw_token, NoValue | Unchanged) else str(raw_token, "latin-1")
-        found: list[Entry | Held | NoValue] = []
-        for index, key in enumerate(keys, 1):
-            value, version = read[index]
-            if version is None and held[index] is None:
-                # A small value (no version), and no copy to forget: the plain way.
-                found.append(
-                    self._open_tagged(key, cast(Buffer | NoValue, value), token, code_fingerprint)
-                )
-                continue
-            entry = self._open_tagged_versioned(
-                key,
-                value,
-                version,
-                held[index] is not None,
-                token,
-                code_fingerprint,
-                followers.get(index),
-            )
-            if entry is None:
-                return None
-            found.append(entry)
-        return token, found
+        return token, [NO_VALUE] * len(keys)
 
     def _open_tagged_versioned(
         self,
@@ -279,12 +257,9 @@ class EntryStore:
         held: bool,
         token: str | None,
         code_fingerprint: CodeFingerprint | None,
-        verifier: MacVerifier | None = None,
     ) -> Entry | Held | NoValue | None:
         """:meth:`_open_tagged` for what a versioned read found (None: its near copy is gone,
-        read it again). ``held``: this store held a copy of ``key`` when it asked;
-        ``verifier``: checks the MAC in place of the signer (see :meth:`Envelope.open_header
-        <nbcache.entries.envelope.Envelope.open_header>`)."""
+        read it again). ``held``: this store held a copy of ``key`` when it asked."""
         near = self.near
         assert near is not None
         if isinstance(value, Unchanged):
@@ -301,7 +276,7 @@ class EntryStore:
                 _warn_refused(key, refusal)
                 near.forget(self._scope, key)
                 return NO_VALUE
-        entry = self._open_tagged(key, value, token, code_fingerprint, verifier)
+        entry = self._open_tagged(key, value, token, code_fingerprint)
         if isinstance(entry, Entry) and version is not None and not isinstance(value, NoValue):
             self._keep(key, version, [value], entry.expires)
         elif held:  # what it held is stale now
@@ -352,10 +327,6 @@ class EntryStore:
         """
         near, store = self.near, self._versioned
         every = [*raw_keys, *keys]
-        if near is None and store is not None and self.envelope.signer is not None:
-            # Without near copies, a versioned read all the same: its big entries' MACs are
-            # checked as they land.
-            return self._read_followed(raw_keys, keys, code_fingerprint)
         if near is None or store is None:
             raws = self.call(self.store.get_many, [NO_VALUE] * len(every), every)
             found = raws[len(raw_keys) :]
@@ -369,35 +340,14 @@ class EntryStore:
             # the second attempt reads everything again, holding nothing.
             held: list[bytes | None] = [None] * len(raw_keys)
             held += [None if attempt else near.held(self._scope, key) for key in keys]
-            followers = self._mac_followers(every, len(raw_keys))
-            try:
-                read = self.call(
-                    store.get_many_versioned,
-                    [(NO_VALUE, None)] * len(every),
-                    every,
-                    held,
-                    followers,
+            read = self.call(store.get_many_versioned, [(NO_VALUE, None)] * len(every), every, held)
+            raws = [_value(value) for value, _ in read[: len(raw_keys)]]
+            read_entries = [
+                self._open_versioned(key, value, version, known is not None, code_fingerprint)
+                for key, (value, version), known in zip(
+                    keys, read[len(raw_keys) :], held[len(raw_keys) :], strict=True
                 )
-                raws = [_value(value) for value, _ in read[: len(raw_keys)]]
-                read_entries = [
-                    self._open_versioned(
-                        key,
-                        value,
-                        version,
-                        known is not None,
-                        code_fingerprint,
-                        followers.get(position),
-                    )
-                    for position, key, (value, version), known in zip(
-                        range(len(raw_keys), len(every)),
-                        keys,
-                        read[len(raw_keys) :],
-                        held[len(raw_keys) :],
-                        strict=True,
-                    )
-                ]
-            finally:
-                followers.close()
+            ]
             if None not in read_entries:
                 break
         return raws, [NO_VALUE if entry is None else entry for entry in read_entries]
@@ -409,12 +359,10 @@ class EntryStore:
         version: bytes | None,
         held: bool,
         code_fingerprint: CodeFingerprint | None,
-        verifier: MacVerifier | None = None,
     ) -> Entry | NoValue | None:
         """The entry a versioned read found (None: its near copy is gone, read it again).
 
-        ``held``: this store held a copy of ``key`` when it asked; ``verifier``: as for
-        :meth:`_open_tagged_versioned`.
+        ``held``: this store held a copy of ``key`` when it asked.
         """
         near = self.near
         assert near is not None
@@ -430,48 +378,13 @@ class EntryStore:
                 near.forget(self._scope, key)
                 return NO_VALUE
             return NO_VALUE if self._expired(reopened.expires) else reopened
-        entry = self.open(key, value, code_fingerprint, verifier)
+        entry = self.open(key, value, code_fingerprint)
         if isinstance(value, NoValue) or isinstance(entry, NoValue) or version is None:
             if held:  # what it held is stale now (small values are never held otherwise)
                 near.forget(self._scope, key)
         else:
             self._keep(key, version, [value], entry.expires)
         return entry
-
-    def _read_followed(
-        self,
-        raw_keys: Sequence[str],
-        keys: Sequence[str],
-        code_fingerprint: CodeFingerprint | None,
-    ) -> tuple[list[Buffer | NoValue], list[Entry | NoValue]]:
-        """:meth:`_read` without near copies, from a versioned store: big entries' MACs are
-        hashed as their bytes land."""
-        store = self._versioned
-        assert store is not None
-        every = [*raw_keys, *keys]
-        followers = self._mac_followers(every, len(raw_keys))
-        try:
-            read = self.call(
-                store.get_many_versioned,
-                [(NO_VALUE, None)] * len(every),
-                every,
-                [None] * len(every),
-                followers,
-            )
-            entries = [
-                self.open(key, _value(value), code_fingerprint, followers.get(position))
-                for position, key, (value, _) in zip(
-                    range(len(raw_keys), len(every)), keys, read[len(raw_keys) :], strict=True
-                )
-            ]
-        finally:
-            followers.close()
-        return [_value(value) for value, _ in read[: len(raw_keys)]], entries
-
-    def _mac_followers(self, every: Sequence[str], first: int) -> MacFollowers:
-        """Watches for a read of ``every``: the MACs of its big entries (from position
-        ``first`` on) follow their bytes as they land (if entries are signed)."""
-        return MacFollowers(self.envelope, every, first)
 
     def _keep(self, key: str, version: bytes, entry: list[Buffer], expires: float | None) -> None:
         """Have the near tier copy ``entry`` (the bytes of a verified or sealed entry)."""
@@ -646,20 +559,13 @@ class EntryStore:
         return float(timeout)
 
     def open(
-        self,
-        key: str,
-        raw: Any,
-        code_fingerprint: CodeFingerprint | None = None,
-        verifier: MacVerifier | None = None,
+        self, key: str, raw: Any, code_fingerprint: CodeFingerprint | None = None
     ) -> Entry | NoValue:
-        """The live, trusted entry in ``raw`` (read under ``key``), or NO_VALUE.
-
-        ``verifier``: checks the MAC in place of the signer (see :meth:`Envelope.open_header
-        <nbcache.entries.envelope.Envelope.open_header>`)."""
+        """The live, trusted entry in ``raw`` (read under ``key``), or NO_VALUE."""
         if isinstance(raw, NoValue):
             return NO_VALUE
         try:
-            entry = self.envelope.open(key, raw, code_fingerprint, verifier)
+            entry = self.envelope.open(key, raw, code_fingerprint)
         except EntryRefused as refusal:
             if not is_lease_value(raw):  # a caller computing this key: no entry yet
                 _warn_refused(key, refusal)

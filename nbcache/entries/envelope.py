@@ -44,8 +44,7 @@ import math
 import struct
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from nbcache.entries import serializer
 from nbcache.entries.code_identity import CodeFingerprint
@@ -59,8 +58,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"NBC"
 #: 3: out-of-band buffers padded to 64-byte offsets. 4: header flags (code by value).
 FORMAT = 4
-#: Bytes of an entry before its header: magic, format, header length.
-PREAMBLE = len(MAGIC) + 1 + 4
+_PREAMBLE = len(MAGIC) + 1 + 4
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 # serializer id, Python major, minor, MAC kind, flags, created, expires, duration (NaN: none),
@@ -241,34 +239,25 @@ class Envelope:
         mac = self.signer.sign(self._signed_parts(key, header, payload))
         return [preamble + mac, *payload]
 
-    def open_header(
-        self, key: str, entry: Buffer, verifier: MacVerifier | None = None
-    ) -> tuple[Header, list[memoryview]]:
+    def open_header(self, key: str, entry: Buffer) -> tuple[Header, list[memoryview]]:
         """Check an entry (format, MAC, versions) and split it; nothing is unpickled here.
 
         Raises :class:`EntryRefused` with a short reason when the entry is not to be trusted.
-        ``verifier``: checks the MAC in place of the signer, as it would (one that followed
-        the entry's bytes as they landed: :mod:`nbcache.entries.followed_mac`).
         """
         view = byte_view(entry)
-        header_end, payload = self._verified(key, view, verifier=verifier)
-        header = Header.unpack(view[PREAMBLE:header_end])
+        header_end, payload = self._verified(key, view)
+        header = Header.unpack(view[_PREAMBLE:header_end])
         _check_writer(header, signed=self.signer is not None)
         return header, _frames(view, header.sizes, payload)
 
     def open(
-        self,
-        key: str,
-        entry: Buffer,
-        code_fingerprint: CodeFingerprint | None = None,
-        verifier: MacVerifier | None = None,
+        self, key: str, entry: Buffer, code_fingerprint: CodeFingerprint | None = None
     ) -> Entry:
         """The value of a trusted entry; :class:`EntryRefused` if untrusted or unloadable.
 
-        ``code_fingerprint``: see :mod:`nbcache.entries.code_identity`; ``verifier``: see
-        :meth:`open_header`.
+        ``code_fingerprint``: see :mod:`nbcache.entries.code_identity`.
         """
-        opened = self.open_tagged(key, entry, None, code_fingerprint, verifier)
+        opened = self.open_tagged(key, entry, None, code_fingerprint)
         assert opened is not None
         return opened
 
@@ -280,7 +269,7 @@ class Envelope:
         """
         view = byte_view(entry)
         header_end, payload = self._verified(key, view, check_mac=False)
-        header = Header.unpack(view[PREAMBLE:header_end])
+        header = Header.unpack(view[_PREAMBLE:header_end])
         _check_writer(header, signed=self.signer is not None)
         return header, _frames(view, header.sizes, payload)
 
@@ -297,7 +286,6 @@ class Envelope:
         entry: Buffer,
         tag: str | None,
         code_fingerprint: CodeFingerprint | None = None,
-        verifier: MacVerifier | None = None,
     ) -> Entry | None:
         """:meth:`open` for an entry that must carry ``tag`` (ASCII; None: any tag): None,
         with nothing unpickled, if it carries another one."""
@@ -309,15 +297,15 @@ class Envelope:
              version_size, tag_size, meta_size, size) = _ONE_FRAME.unpack_from(view)  # fmt: skip
         except struct.error:
             count = 0
-            header_end, payload = self._verified(key, view, verifier=verifier)  # short: raises
+            header_end, payload = self._verified(key, view)  # short: raises if not an entry
         else:
-            header_end = PREAMBLE + header_size
+            header_end = _PREAMBLE + header_size
             if self.signer is None and magic == MAGIC and version == FORMAT:
                 payload = header_end  # unsigned (in-process): the framing is all to check
                 if len(view) < header_end:
                     raise EntryRefused("truncated entry")
             else:
-                header_end, payload = self._verified(key, view, verifier=verifier)
+                header_end, payload = self._verified(key, view)
         if count == 1 and writer == self._own_writer and payload + size == len(view):
             tag_at = _ONE_FRAME_TEXT_AT + version_size
             meta_at = tag_at + tag_size
@@ -337,7 +325,7 @@ class Envelope:
                 )
                 return _new_entry(Entry, fields)  # type: ignore[no-any-return]
         view = byte_view(view)
-        header = Header.unpack(view[PREAMBLE:header_end])
+        header = Header.unpack(view[_PREAMBLE:header_end])
         _check_writer(header, signed=self.signer is not None)
         if tag is not None and header.tag != tag:
             return None
@@ -348,18 +336,12 @@ class Envelope:
         return self._own_version
 
     def _verified(
-        self,
-        key: str,
-        view: bytes | memoryview,
-        *,
-        check_mac: bool = True,
-        verifier: MacVerifier | None = None,
+        self, key: str, view: bytes | memoryview, *, check_mac: bool = True
     ) -> tuple[int, int]:
         """Where the header ends and the payload starts in a well-framed, authentic entry.
 
         Raises :class:`EntryRefused` for anything else; the header is not parsed here.
-        ``check_mac`` false: the MAC is not checked (see :meth:`reopen_header`);
-        ``verifier``: checks it in place of the signer (see :meth:`open_header`).
+        ``check_mac`` false: the MAC is not checked (see :meth:`reopen_header`).
         """
         try:
             magic, version, header_size = _LEAD.unpack_from(view)
@@ -369,7 +351,7 @@ class Envelope:
             raise EntryRefused("not an nbcache entry")
         if version != FORMAT:
             raise EntryRefused(f"unknown entry format {version}")
-        header_end = PREAMBLE + header_size
+        header_end = _PREAMBLE + header_size
         if len(view) < header_end:
             raise EntryRefused("truncated entry")
         if self.signer is None:
@@ -381,8 +363,8 @@ class Envelope:
             return header_end, mac_end
         key_id = view[header_end : header_end + KEY_ID_SIZE]
         mac = view[mac_end - MAC_SIZE : mac_end]
-        parts = self._signed_parts(key, view[PREAMBLE:header_end], [view[mac_end:]])
-        if not (verifier or self.signer).verify(key_id, parts, mac):
+        parts = self._signed_parts(key, view[_PREAMBLE:header_end], [view[mac_end:]])
+        if not self.signer.verify(key_id, parts, mac):
             raise EntryRefused("bad signature (tampered, another key, or another secret)")
         return header_end, mac_end
 
@@ -391,12 +373,8 @@ class Envelope:
         # verification. Context, key and header are length-prefixed; the payload comes last,
         # so its frames need no separators and the writer's frames and the reader's single
         # run give the same MAC.
-        return [self.mac_prefix(key, header), header, *payload]
-
-    def mac_prefix(self, key: str, header: Buffer) -> bytes:
-        """What the MAC of an entry under ``key`` with ``header`` covers before the header."""
         key_bytes = key.encode("utf-8", "surrogatepass")
-        return b"".join(
+        lengths = b"".join(
             (
                 self._context_prefix,
                 len(key_bytes).to_bytes(8, "little"),
@@ -404,25 +382,7 @@ class Envelope:
                 memoryview(header).nbytes.to_bytes(8, "little"),
             )
         )
-
-
-class MacVerifier(Protocol):
-    """What checks an entry's MAC: a :class:`~nbcache.entries.signing.Signer`, or something
-    that answers as one would."""
-
-    def verify(
-        self, key_id: bytes | memoryview, parts: Sequence[Buffer], mac: bytes | memoryview
-    ) -> bool: ...
-
-
-def mac_lead(view: memoryview) -> tuple[bytes, int, int] | None:
-    """The magic, format and header end (offset) an entry's first bytes give; None if they
-    are fewer than :data:`PREAMBLE`."""
-    try:
-        magic, version, header_size = _LEAD.unpack_from(view)
-    except struct.error:
-        return None
-    return magic, version, PREAMBLE + header_size
+        return [lengths, header, *payload]
 
 
 @functools.lru_cache(maxsize=8)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from nbcache.exceptions import ConfigurationError
 from nbcache.stores.api import Buffer
@@ -81,12 +80,6 @@ class Signer:
         """True if ``mac`` is the MAC of ``parts`` under the key called ``key_id``."""
         key = self._key_by_id.get(bytes(key_id))
         return key is not None and hmac.compare_digest(self._mac(key, parts), mac)
-
-    def hasher(self, key_id: bytes | memoryview) -> Any | None:
-        """A one-thread keyed BLAKE3 hasher under the key called ``key_id`` (None: no such
-        key), for a MAC computed piece by piece; compare its digest in constant time."""
-        key = self._key_by_id.get(bytes(key_id))
-        return None if key is None else self._blake3(key=key, max_threads=1)
 
     def tag(self, parts: Sequence[Buffer]) -> bytes:
         """The signing key's id and MAC of ``parts``, as one tag (an ``Authenticator``)."""

@@ -7,7 +7,7 @@ keeps byte strings under string keys, and it reports a miss with :data:`NO_VALUE
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 #: A bytes-like object: what a store accepts as a piece of a value, and what it hands back.
@@ -187,26 +187,6 @@ def peek(store: ByteStore, key: str) -> tuple[Buffer | BigValue | NoValue, CasTo
     return result
 
 
-class PrefixWatch(Protocol):
-    """Follows a big value's bytes as they land, so a reader's check of them can run during
-    the transfer instead of after it (the entries' MAC: stores never see the secret)."""
-
-    def landed(self, prefix: memoryview) -> None:
-        """The value's first ``prefix.nbytes`` bytes are whole and will not be written again.
-
-        Called in the reading thread, with ever longer prefixes of the buffer the store will
-        return (so it must be quick: hand the work on). Not called for a value the store does
-        not receive in place; the value may still turn out to be a miss.
-        """
-        ...
-
-
-#: What a reader passes to follow the big values of a read: called with a key's position
-#: in the read and the size of the value about to be received, it gives that value's watch
-#: (or None: not followed).
-Watcher = Callable[[int, int], PrefixWatch | None]
-
-
 @runtime_checkable
 class VersionedStore(Protocol):
     """A store that names each write of a big value, so a reader holding it can skip the transfer.
@@ -218,15 +198,13 @@ class VersionedStore(Protocol):
     """
 
     def get_many_versioned(
-        self, keys: Sequence[str], held: Sequence[bytes | None], watch: Watcher | None = None
+        self, keys: Sequence[str], held: Sequence[bytes | None]
     ) -> list[Versioned]:
         """``(value, version)`` in the order of ``keys``, in as few round trips as possible.
 
         Where ``held[i]`` is the version of the value under ``keys[i]`` now, the answer is
         ``(UNCHANGED, held[i])`` and the value is not transferred. A miss is
-        ``(NO_VALUE, None)``. ``watch``: see :data:`Watcher`. The prefixes a watch is given
-        start where the value returned starts, but may run on past its end, into what a
-        layer in between cuts off (a namespace's generation suffix, a few bytes).
+        ``(NO_VALUE, None)``.
         """
         ...
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from nbcache.stores import buffers as aligned
-from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, NoValue, PrefixWatch
+from nbcache.stores.api import NO_VALUE, Buffer, ByteStore, NoValue
 from nbcache.stores.chunk_layout import Manifest, chunk_key, digest, hasher, manifest_chunk_keys
 
 log = logging.getLogger(__name__)
@@ -48,21 +48,17 @@ class ChunkTransport(Protocol):
 
 
 def read_values(
-    inner: ByteStore,
-    transport: ChunkTransport | None,
-    wanted: Sequence[tuple[str, Manifest]],
-    watches: Sequence[PrefixWatch | None] = (),
+    inner: ByteStore, transport: ChunkTransport | None, wanted: Sequence[tuple[str, Manifest]]
 ) -> list[memoryview | NoValue]:
     """The big values the manifests name (``(key, manifest)`` pairs), all chunks in one call.
 
     A miss for each value that cannot be read whole and intact. Faults of ``inner``
     propagate. With a transport, each value's memory is allocated as its manifest says
     before anything is received: the caller passes only manifests it trusts (authenticated,
-    or whose chunks the store has shown to be there with those sizes). ``watches`` (one per
-    value, or none) are told of each value's landed prefix as it grows, with a transport.
+    or whose chunks the store has shown to be there with those sizes).
     """
     if transport is not None:
-        return _receive(transport, wanted, watches or [None] * len(wanted))
+        return _receive(transport, wanted)
     keys = [chunk for key, manifest in wanted for chunk in manifest_chunk_keys(key, manifest)]
     chunks = inner.get_many(keys)
     values: list[memoryview | NoValue] = []
@@ -78,33 +74,21 @@ class InOrderDigest:
     """The digest of a value whose chunks land in any order, computed as they land.
 
     Chunks are hashed in order, each as soon as it and all before it have landed; the rest
-    when the digest is asked for (a transport that does not report landings). ``watch`` is
-    told of the value's landed prefix (of ``value``) each time it grows.
+    when the digest is asked for (a transport that does not report landings).
     """
 
-    def __init__(
-        self, chunks: list[memoryview], value: memoryview, watch: PrefixWatch | None = None
-    ) -> None:
+    def __init__(self, chunks: list[memoryview]) -> None:
         self._chunks = chunks
         self._landed = [False] * len(chunks)
         self._next = 0
         self._hasher = hasher()
-        self._value: memoryview | None = value if watch is not None else None
-        self._watch = watch
-        self._prefix = 0
 
     def landed(self, index: int) -> None:
         """Chunk ``index`` is whole and will not change."""
         self._landed[index] = True
-        grew = False
         while self._next < len(self._chunks) and self._landed[self._next]:
-            chunk = self._chunks[self._next]
-            self._hasher.update(chunk)
-            self._prefix += chunk.nbytes
+            self._hasher.update(self._chunks[self._next])
             self._next += 1
-            grew = True
-        if grew and self._watch is not None and self._value is not None:
-            self._watch.landed(self._value[: self._prefix])
 
     def digest(self) -> bytes:
         """The value's digest (hashing what has not been yet); the views are released."""
@@ -117,14 +101,10 @@ class InOrderDigest:
         """Drop the views of the value's buffer."""
         self._chunks = []
         self._next = 0
-        self._value = None
-        self._watch = None
 
 
 def _receive(
-    transport: ChunkTransport,
-    wanted: Sequence[tuple[str, Manifest]],
-    watches: Sequence[PrefixWatch | None],
+    transport: ChunkTransport, wanted: Sequence[tuple[str, Manifest]]
 ) -> list[memoryview | NoValue]:
     """Each value received into its final buffer (no copy), its digest computed as it lands."""
     # Not prefaulted: the receiving threads fault in their own chunks' pages, in parallel.
@@ -133,14 +113,14 @@ def _receive(
     targets: list[memoryview] = []
     digests: list[InOrderDigest] = []
     owners: list[tuple[InOrderDigest, int]] = []
-    for (key, manifest), view, watch in zip(wanted, buffers, watches, strict=True):
+    for (key, manifest), view in zip(wanted, buffers, strict=True):
         chunks = []
         offset = 0
         for index, size in enumerate(manifest.sizes):
             chunk_keys.append(chunk_key(key, manifest.write_id, index))
             chunks.append(view[offset : offset + size])
             offset += size
-        value_digest = InOrderDigest(chunks, view, watch)
+        value_digest = InOrderDigest(chunks)
         digests.append(value_digest)
         owners.extend((value_digest, index) for index in range(len(chunks)))
         targets.extend(chunks)

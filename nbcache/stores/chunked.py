@@ -50,10 +50,8 @@ from nbcache.stores.api import (
     ByteStore,
     CasToken,
     NoValue,
-    PrefixWatch,
     StoreThenGet,
     Versioned,
-    Watcher,
     byte_views,
     total_size,
 )
@@ -205,13 +203,12 @@ class ChunkedStore:
         return values
 
     def get_many_versioned(
-        self, keys: Sequence[str], held: Sequence[bytes | None], watch: Watcher | None = None
+        self, keys: Sequence[str], held: Sequence[bytes | None]
     ) -> list[Versioned]:
         """Values and versions: one round trip for the records, one for the chunks to fetch.
 
         A big value's version names its write (the trusted manifest's write id and digest); a
-        value stored inline has none. Chunks of a held version are not fetched. ``watch``
-        follows big values received in place (:data:`~nbcache.stores.api.Watcher`).
+        value stored inline has none. Chunks of a held version are not fetched.
         """
         records = self.inner.get_many(keys)
         results: list[Versioned] = [(NO_VALUE, None)] * len(keys)
@@ -230,8 +227,7 @@ class ChunkedStore:
             else:
                 results[position] = (decoded, None)
         if manifests:
-            watches = [watch(position, m.total) for position, m in manifests] if watch else []
-            read = self._read_values([(keys[position], m) for position, m in manifests], watches)
+            read = self._read_values([(keys[position], m) for position, m in manifests])
             for (position, manifest), value in zip(manifests, read, strict=True):
                 fetched = None if isinstance(value, NoValue) else manifest_version(manifest)
                 results[position] = (value, fetched)
@@ -310,9 +306,7 @@ class ChunkedStore:
             for chunk, size in zip(chunks, manifest.sizes, strict=True)
         )
 
-    def _read_values(
-        self, wanted: Sequence[tuple[str, Manifest]], watches: Sequence[PrefixWatch | None] = ()
-    ) -> list[memoryview | NoValue]:
+    def _read_values(self, wanted: Sequence[tuple[str, Manifest]]) -> list[memoryview | NoValue]:
         """The big values the manifests name, all chunks in one call; a miss for each broken one.
 
         A manifest nobody authenticated must not size an allocation on its word alone: when
@@ -327,7 +321,7 @@ class ChunkedStore:
                 values = read_values(self.inner, self._transport, present)
                 by_key = dict(zip((key for key, _ in present), values, strict=True))
                 return [by_key.get(key, NO_VALUE) for key, _ in wanted]
-        return read_values(self.inner, self._transport, wanted, watches)
+        return read_values(self.inner, self._transport, wanted)
 
     def chunk_keys(self, key: str) -> list[str]:
         """Keys of the chunks the manifest under ``key`` names now ([] for an inline value)."""

@@ -40,7 +40,6 @@ from nbcache.stores.api import (
     Unchanged,
     Versioned,
     VersionedStore,
-    Watcher,
     byte_view,
     peek,
     total_size,
@@ -92,11 +91,9 @@ class CompressedStore:
         return [self._decode(key, record) for key, record in zip(keys, records, strict=True)]
 
     def get_many_versioned(
-        self, keys: Sequence[str], held: Sequence[bytes | None], watch: Watcher | None = None
+        self, keys: Sequence[str], held: Sequence[bytes | None]
     ) -> list[Versioned]:
-        """Values and the inner store's versions of their records (none if it names none).
-
-        ``watch`` is not followed: what lands is compressed, not the value's bytes."""
+        """Values and the inner store's versions of their records (none if it names none)."""
         inner = self._versioned
         if inner is None:
             return [(value, None) for value in self.get_many(keys)]

@@ -42,12 +42,10 @@ from nbcache.stores.api import (
     ByteStore,
     CasToken,
     NoValue,
-    PrefixWatch,
     StoreThenGet,
     Unchanged,
     Versioned,
     VersionedStore,
-    Watcher,
     byte_view,
     peek,
 )
@@ -117,7 +115,7 @@ class NamespacedStore:
         return values
 
     def get_many_versioned(
-        self, keys: Sequence[str], held: Sequence[bytes | None], watch: Watcher | None = None
+        self, keys: Sequence[str], held: Sequence[bytes | None]
     ) -> list[Versioned]:
         """Values and versions (the inner version, then the generation the value was written
         under), read with the generation in one round trip.
@@ -140,13 +138,7 @@ class NamespacedStore:
             else version[:-GENERATION_BYTES]
             for version in held
         ]
-        inner_watch = None
-        if watch is not None:
-
-            def inner_watch(position: int, size: int) -> PrefixWatch | None:
-                return None if position == 0 else watch(position - 1, size)
-
-        (generation, _), *records = inner.get_many_versioned(inner_keys, inner_held, inner_watch)
+        (generation, _), *records = inner.get_many_versioned(inner_keys, inner_held)
         current = self._generation_read(_value_or_miss(generation))
         if current is None:
             return [(NO_VALUE, None)] * len(keys)
