@@ -466,6 +466,22 @@ def test_the_budget_holds_over_a_hundred_big_values_and_memory_comes_back(
     assert memory_file_bytes(FILE_NAME) <= files_before, "the files of dropped copies stay open"
 
 
+def test_a_rewritten_value_gives_its_old_copys_memory_back(cache: MemcachedCache) -> None:
+    """The copy a rewrite replaces is closed by the background thread, not by the write:
+    once it has caught up, only the current value's copy holds memory."""
+    near = tier(cache)
+    files_before = memory_file_bytes(FILE_NAME)
+    for seed in range(4):
+        assert cache.set("k", big(seed))
+        if seed == 1:
+            assert near.settle(60)  # a copy made, then replaced: its file to close
+    assert near.settle(60)
+    assert len(near) == 1
+    held = memory_file_bytes(FILE_NAME) - files_before
+    assert held <= 9 * MIB, held / MIB
+    assert np.array_equal(cache.get("k"), big(3))
+
+
 def test_copies_are_bounded_in_number_too(memcached: MemcachedServer) -> None:
     """Each copy holds a file descriptor: a tier keeps no more than it may."""
     cache = new_cache(memcached)

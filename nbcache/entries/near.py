@@ -30,7 +30,10 @@ and leaves the copy being made of that same version alone.
 
 The tier keeps at most ``max_bytes`` bytes of copies (in use or being made), dropping the
 least recently used; a copy that leaves closes its file, whose memory goes back to the
-system once no caller mapping of it is left.
+system once no caller mapping of it is left. Freeing a big file's pages takes a while (some
+50 ms for 256 MiB), so a copy a read or a write replaces, forgets or evicts is closed by the
+background thread, before it makes any copy asked for after: the files open never hold more
+than ``max_bytes``, and the caller does not wait. (``clear()`` closes them at once.)
 """
 
 from __future__ import annotations
@@ -98,8 +101,11 @@ class NearCopies:
         self._lock = threading.Lock()
         self._copies: OrderedDict[Slot, _Copy] = OrderedDict()
         self._bytes = 0
-        self._jobs: queue.SimpleQueue[tuple[Slot, _Copy]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Slot | None, _Copy]] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
+        # Copies dropped whose files the background thread is to close (slot None in _jobs).
+        self._closing: set[_Copy] = set()
+        self._closed = threading.Condition(self._lock)
         _TIERS.add(self)
 
     @property
@@ -122,7 +128,7 @@ class NearCopies:
             if copy is None or copy.file is None:
                 return None
             if copy.expires is not None and copy.expires <= time.time():
-                self._drop((scope, key))
+                self._drop((scope, key), now=False)
                 return None
             return copy.version
 
@@ -171,7 +177,7 @@ class NearCopies:
             if kept is not None and kept.version == version:
                 self._copies.move_to_end(slot)
                 return True
-            self._drop(slot)
+            self._drop(slot, now=False)
             self._make_room(size)
             self._copies[slot] = job
             self._bytes += size
@@ -180,9 +186,10 @@ class NearCopies:
         return True
 
     def forget(self, scope: Hashable, key: str) -> None:
-        """Drop the copy of ``key`` (its entry changed or went)."""
+        """Drop the copy of ``key`` (its entry changed or went); its file is closed in the
+        background."""
         with self._lock:
-            self._drop((scope, key))
+            self._drop((scope, key), now=False)
 
     def forget_scope(self, scope: Hashable) -> None:
         """Drop every copy of ``scope``."""
@@ -191,41 +198,57 @@ class NearCopies:
                 self._drop(slot)
 
     def clear(self) -> None:
-        """Drop every copy."""
+        """Drop every copy, closing its file now (and those still to be closed)."""
         with self._lock:
             for slot in list(self._copies):
                 self._drop(slot)
+            for copy in self._closing:
+                copy.release()  # the background thread's release then does nothing
+            self._closing.clear()
+            self._closed.notify_all()
 
     def settle(self, timeout: float | None = None) -> bool:
-        """Wait until no copy is being made; True if none is (for tests and benchmarks)."""
+        """Wait until no copy is being made and no dropped one's file is still open; True if
+        so (for tests and benchmarks)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
             with self._lock:
                 pending = [copy for copy in self._copies.values() if not copy.done.is_set()]
-            if not pending:
-                return True
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
+                if not pending and not self._closing:
+                    return True
+                if remaining is not None and remaining <= 0:
+                    return False
+                if not pending:
+                    self._closed.wait(remaining)
+                    continue
             pending[0].done.wait(remaining)
 
     # -- under the lock -----------------------------------------------------------------
 
-    def _drop(self, slot: Slot) -> None:
+    def _drop(self, slot: Slot, *, now: bool = True) -> None:
+        """Drop the copy in ``slot``; ``now`` false: a made copy's file is closed by the
+        background thread (ahead of any copy asked for after this)."""
         copy = self._copies.pop(slot, None)
-        if copy is not None:
-            self._bytes -= copy.size
+        if copy is None:
+            return
+        self._bytes -= copy.size
+        if now or copy.file is None:
             copy.release()  # mappings handed out stay valid
+            return
+        self._closing.add(copy)
+        self._start_worker()
+        self._jobs.put((None, copy))
 
     def _make_room(self, size: int) -> None:
         now = time.time()
         expired = [s for s, c in self._copies.items() if c.expires is not None and c.expires <= now]
         for slot in expired:
-            self._drop(slot)
+            self._drop(slot, now=False)
         while self._copies and (
             self._bytes + size > self.max_bytes or len(self._copies) >= self.max_copies
         ):
-            self._drop(next(iter(self._copies)))
+            self._drop(next(iter(self._copies)), now=False)
 
     def _start_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
@@ -239,6 +262,12 @@ class NearCopies:
     def _work(self) -> None:
         while True:
             slot, job = self._jobs.get()
+            if slot is None:  # a dropped copy, to close
+                job.release()
+                with self._lock:
+                    self._closing.discard(job)
+                    self._closed.notify_all()
+                continue
             try:
                 self._make(slot, job)
             except Exception as problem:  # a copy is an optimisation: never let one kill the thread
@@ -277,9 +306,11 @@ class NearCopies:
     def _reset_after_fork(self) -> None:
         # The child has none of the parent's threads; its copies are the parent's business.
         self._lock = threading.Lock()
-        for copy in self._copies.values():
+        self._closed = threading.Condition(self._lock)
+        for copy in [*self._copies.values(), *self._closing]:
             copy.release()
         self._copies.clear()
+        self._closing.clear()
         self._bytes = 0
         self._jobs = queue.SimpleQueue()
         self._worker = None
