@@ -511,14 +511,19 @@ class ChunkedStore:
         memcached evicts the least recently used items first: if a value does not fit, the
         chunks written first are gone by the time the last one is written. Chunks may travel
         over several connections at once (``inner.transfer_connections``), dealt round-robin:
-        each connection's first chunk is one of the first ones, so those are looked for.
+        each connection's first chunk is one of the first ones, so those are looked for
+        (without moving them, when the inner store can tell sizes).
         """
         memory = getattr(self.inner, "memory_limit", None)
         if not isinstance(memory, int) or size * _CHECKED_SHARE < memory:
             return True
         connections = getattr(self.inner, "transfer_connections", 1)
-        first = self.inner.get_many(chunk_keys[: max(1, int(connections))])
-        if not any(isinstance(chunk, NoValue) for chunk in first):
+        first = chunk_keys[: max(1, int(connections))]
+        if self._probe is not None:
+            gone = None in self._probe.value_sizes(first)
+        else:
+            gone = any(isinstance(chunk, NoValue) for chunk in self.inner.get_many(first))
+        if not gone:
             return True
         self._unkept_size = min(size, self._unkept_size or size)
         held = f"the server holds {_mib(memory)} (-m)"
