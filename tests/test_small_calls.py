@@ -273,21 +273,25 @@ address, log_path = sys.argv[1:3]
 ns = {"__name__": "__main__"}
 exec(textwrap.dedent('''
     import os, time
-    def slow(x, log_path):
+    def slow(x, log_path, seconds):
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.write(fd, f"{os.getpid()}\\\\n".encode())
         os.close(fd)
-        time.sleep(3.0)
+        time.sleep(seconds)
         return x * x
 '''), ns)
-f = cached_result(cache=MemcachedCache([address]), ignore=("log_path",), lease=1.0)(ns["slow"])
-f(0, log_path)  # the parent has taken a lease before: its timer thread runs
+cache = MemcachedCache([address])
+f = cached_result(cache=cache, ignore=("log_path", "seconds"), lease=2.0)(ns["slow"])
+f(0, log_path, 1.0)  # the parent has taken (and renewed) a lease before: its timer thread runs
 child = os.fork()
-if child == 0:  # the child computes for 3 s on a 1 s lease: only its renewals keep it
-    print("child", f(7, log_path), flush=True)
+# The child computes for 5 s on a 2 s lease: only its renewals (every 2/3 s) keep it. Without
+# them the parent would take over after about 2.5 s; with them, a stall of the child shorter
+# than 1.3 s (a busy machine) does not let the lease lapse.
+if child == 0:
+    print("child", f(7, log_path, 5.0), flush=True)
     os._exit(0)
 time.sleep(0.5)
-print("parent", f(7, log_path), flush=True)
+print("parent", f(7, log_path, 5.0), flush=True)
 os.waitpid(child, 0)
 """
 
