@@ -93,7 +93,8 @@ def server(memcached_factory: Callable[..., MemcachedServer]) -> MemcachedServer
 def test_killed_server_gives_misses_and_false_one_warning_and_costs_little(
     server: MemcachedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Bounds: the first call after the kill < 1 s; the next 200 calls < 1 s in all."""
+    """Bounds: the first call after the kill < 1.5 s; the next 200 calls < 3 s in all (the
+    breaker answers for the dead server: no call connects or warns again)."""
     cache = make_cache(server)
     assert cache.set("result", {"rows": 3})
     assert cache.get("result") == {"rows": 3}
@@ -102,13 +103,13 @@ def test_killed_server_gives_misses_and_false_one_warning_and_costs_little(
 
     start = time.monotonic()
     assert cache.get("result") is None
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 1.5
 
     start = time.monotonic()
     for i in range(100):
         assert cache.get(f"key-{i}") is None
         assert cache.set(f"key-{i}", i) is False
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 3.0
     assert cache.get_many("a", "b") == [None, None]
     assert not cache.has("result")
     assert cache.delete("result") is False

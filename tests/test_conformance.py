@@ -122,14 +122,16 @@ def test_clear(cache: Cache) -> None:
 
 
 def test_timeouts_none_default_zero_never_negative_expired(cache: Cache) -> None:
-    cache.default_timeout = 1
-    cache.set("default", 1)  # None: the default (1 s here)
+    # memcached counts whole seconds: an item stored for 2 s lives 1-2 s, so the read below
+    # finds it even if the server's clock ticks between the write and the read.
+    cache.default_timeout = 2
+    cache.set("default", 1)  # None: the default (2 s here)
     cache.set("forever", 2, timeout=0)
     cache.set("expired", 3, timeout=-1)
     cache.set("long", 4, timeout=40 * 24 * 3600)  # over 30 days: must stay relative
     assert not cache.has("expired")
     assert cache.get("default") == 1
-    time.sleep(1.2)
+    time.sleep(2.2)
     assert cache.get("default") is None
     assert cache.get("forever") == 2
     assert cache.get("long") == 4

@@ -78,7 +78,8 @@ def test_killed_server_faults_fast_and_the_open_breaker_costs_microseconds(
     make_store: Callable[..., MemcachedStore],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Bounds: the first failing call < 1 s; 100 calls with the breaker open < 0.5 s in all."""
+    """Bounds: the first failing call < 1 s; 100 calls with the breaker open < 2 s in all (they
+    take microseconds each; the bound leaves room for a busy machine's stalls)."""
     caplog.set_level(logging.INFO, logger=LOGGER)
     store = make_store([server], breaker_cooldown=5.0)
     assert store.set("k", [b"v"], None)
@@ -95,7 +96,7 @@ def test_killed_server_faults_fast_and_the_open_breaker_costs_microseconds(
             store.get("k")
         with pytest.raises(StoreFault):
             store.set("k", [b"w"], None)
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 2.0
     warnings = warnings_of(caplog)
     assert len(warnings) == 1, warnings
     assert server.address in warnings[0] and "ConnectionRefusedError" in warnings[0]
@@ -106,21 +107,22 @@ def test_paused_server_costs_at_most_the_timeout_per_call(
     make_store: Callable[..., MemcachedStore],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Bounds: a call to a SIGSTOPped server < timeout (0.5 s) + 1 s slack; after SIGCONT the
-    store serves again within 5 s."""
+    """Bounds: a call to a SIGSTOPped server < timeout (1 s) + 1.5 s slack; with the breaker
+    open, a call < 0.8 s (it does not wait the 1 s timeout again); after SIGCONT the store
+    serves again within 5 s."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    store = make_store([server], timeout=0.5)
+    store = make_store([server], timeout=1.0)
     assert store.set("k", [b"v"], None)
     server.pause()
     try:
         start = time.monotonic()
         with pytest.raises(StoreFault, match="timed out"):
             store.get("k")
-        assert time.monotonic() - start < 1.5
+        assert time.monotonic() - start < 2.5
         start = time.monotonic()
         with pytest.raises(StoreFault, match="unavailable"):
             store.set("k", [b"w"], None)  # breaker open: no new wait
-        assert time.monotonic() - start < 0.1
+        assert time.monotonic() - start < 0.8
     finally:
         server.resume()
     wait_until_served(store, "k", within=5.0)
