@@ -344,7 +344,8 @@ def shared_layers(
     namespace = key_prefix or f"nbcache-{signer.key_id.hex()}"
     manifests = Signer(secrets, purpose="chunked value manifest")
     store = NamespacedStore(ChunkedStore(raw, authenticator=manifests), namespace)
-    return store, Envelope(signer, context=namespace), namespace
+    digests = Signer(secrets, purpose="digests of secret inputs")
+    return store, Envelope(signer, context=namespace, digests=digests), namespace
 
 
 def _switched_off(problem: SecretUnavailable, name: str) -> tuple[ByteStore, Signer]:

@@ -16,6 +16,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
+import nbcache
+
 
 @pytest.fixture
 def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
@@ -139,13 +141,25 @@ def test_a_helper_drawing_random_numbers_is_followed(shell: InteractiveShell):
     assert run(shell, cell)[0] != first
 
 
+@pytest.fixture(params=["simple", pytest.param("memcached", marks=pytest.mark.memcached)])
+def where(request: pytest.FixtureRequest, shell: InteractiveShell) -> Iterator[str]:
+    """The cache the shell's cells use, as the restore note names it: the in-process default,
+    or a real memcached (whose entries keep environment values as keyed digests)."""
+    if request.param == "memcached":
+        server = request.getfixturevalue("memcached")
+        assert run(shell, f"%nbcache use {server.url}")[0] is None
+    yield {"simple": "memory", "memcached": "memcached"}[request.param]
+    nbcache.configure(None)
+
+
 def test_an_environment_variable_read_by_a_cell_is_an_input(
-    shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
+    where: str, shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setenv("NBCACHE_TEST_MODE", "fast")
     cell = "%%cache mode\nmode = os.environ['NBCACHE_TEST_MODE'] + str(os.getenv('NOPE_X'))\nmode"
     assert run(shell, cell)[0] == "fastNone"
-    assert run(shell, cell)[1].startswith("nbcache: restored mode")
+    restored = run(shell, cell)[1]
+    assert restored.startswith(f"nbcache: restored mode from {where}"), restored
     monkeypatch.setenv("NBCACHE_TEST_MODE", "slow")
     result, printed = run(shell, cell)
     assert result == "slowNone"

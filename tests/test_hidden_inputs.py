@@ -8,6 +8,7 @@ random state where a plain call would.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -18,13 +19,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
 import pytest
+import xxhash
 
 import nbcache
 from nbcache import MemcachedCache, SimpleCache
+from nbcache.entries.secrets import resolve_secrets
+from nbcache.entries.signing import Signer
 from nbcache.functions.decorator import cached_result
 from nbcache.inputs import files as file_inputs
 
@@ -466,6 +471,76 @@ def test_a_variable_the_function_sets_itself_is_not_an_input(monkeypatch: pytest
 
     assert configured() == "set by the function"
     assert configured() == "set by the function" and len(calls) == 1
+
+
+def everything_on(server: Any) -> bytes:
+    """Every key and value the server holds, as one blob (what anyone who can reach it reads)."""
+    listing = server.command(b"lru_crawler metadump all").decode()
+    keys = [unquote(line.split()[0].removeprefix("key=")) for line in listing.splitlines()[:-1]]
+    assert keys, "the server holds nothing"
+    return b"".join(server.command(b"get " + key.encode()) for key in keys)
+
+
+@pytest.mark.memcached
+def test_environment_values_reach_a_shared_server_only_keyed_with_the_secret(
+    memcached: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """A short password in the environment cannot be guessed from its digest on the server;
+    every kernel with the secret still checks it."""
+    monkeypatch.setenv("NBCACHE_TEST_PASSWORD", "hunter2")
+    calls = Calls()
+
+    def password_length() -> int:
+        calls.append(1)
+        return len(os.environ["NBCACHE_TEST_PASSWORD"])
+
+    kernel_a = cached_result(cache=MemcachedCache([memcached.address]))(password_length)
+    assert kernel_a() == 7
+    held = everything_on(memcached)
+    keyed = Signer(resolve_secrets(None), purpose="digests of secret inputs")
+    assert keyed.hex_digest(b"hunter2").encode() in held
+    for guessable in (
+        xxhash.xxh3_128_hexdigest(b"hunter2"),
+        xxhash.xxh3_64_hexdigest(b"hunter2"),
+        hashlib.sha256(b"hunter2").hexdigest(),
+        hashlib.md5(b"hunter2").hexdigest(),
+    ):
+        assert guessable.encode() not in held
+
+    kernel_b = cached_result(cache=MemcachedCache([memcached.address]))(password_length)
+    assert kernel_b() == 7 and len(calls) == 1
+    monkeypatch.setenv("NBCACHE_TEST_PASSWORD", "hunter3")
+    assert kernel_b.explain() == "environment variable `NBCACHE_TEST_PASSWORD` changed"
+    assert kernel_b() == 7 and len(calls) == 2
+
+
+@pytest.mark.memcached
+@pytest.mark.parametrize("inner_stored_first", [True, False])
+def test_a_function_of_another_cache_passes_its_variables_on(
+    inner_stored_first: bool, memcached: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """The inner function's cache keys its digests with its secret; the outer one's entry
+    (in-process) keeps its own, so it hits while the variable is unchanged, and only then."""
+    monkeypatch.setenv("NBCACHE_TEST_REGION", "eu")
+    inner_calls, outer_calls = Calls(), Calls()
+
+    @cached_result(cache=MemcachedCache([memcached.address]))
+    def region() -> str:
+        inner_calls.append(1)
+        return os.environ["NBCACHE_TEST_REGION"]
+
+    @cached_result(cache=SimpleCache())
+    def report() -> str:
+        outer_calls.append(1)
+        return "report for " + region()
+
+    if inner_stored_first:
+        assert region() == "eu"
+    assert report() == "report for eu"
+    assert report() == "report for eu" and len(outer_calls) == 1 and len(inner_calls) == 1
+    monkeypatch.setenv("NBCACHE_TEST_REGION", "us")
+    assert report.explain() == "environment variable `NBCACHE_TEST_REGION` changed"
+    assert report() == "report for us" and len(outer_calls) == 2
 
 
 # -- global random state -------------------------------------------------------------------

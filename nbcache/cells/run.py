@@ -47,6 +47,7 @@ from nbcache.cells.output import (
     show_after_cell,
 )
 from nbcache.cells.stats import SessionStats, format_seconds
+from nbcache.entries.envelope import Entry
 from nbcache.exceptions import UnhashableValue, UnpicklableValueError
 from nbcache.inputs.hidden import META_KEY, TAG_MARK, HiddenInputs, entry_change
 from nbcache.inputs.recording import Recording
@@ -140,7 +141,7 @@ def run_cached_cell(
     )
     started = time.perf_counter()
     with record_output(shell) as recorded:
-        with Recording(options.depends_on) as reads:
+        with Recording(options.depends_on, cache.entries.envelope.secret_digest) as reads:
             result = run_body(shell, python_source, header, show_result=show)
         if _displayed(result):  # a plain run shows the figures after the result
             recorded.after_result = hold_figures(shell)
@@ -252,7 +253,7 @@ def _restore(shell: Any, cache: Cache, plan: _Plan, options: CellOptions) -> _Re
     if not _is_payload(payload):
         log.warning("nbcache: ignored the entry for %s: it is not a cell entry", options.label)
         return None
-    hidden_inputs = _unchanged_inputs(entry.tag, entry.meta_json, options)
+    hidden_inputs = _unchanged_inputs(entry, cache, options)
     if hidden_inputs is None:
         return None
     effects: Effects = payload["effects"]
@@ -287,9 +288,10 @@ def _note(line: str) -> None:
     sys.stdout.flush()
 
 
-def _unchanged_inputs(tag: str, meta_json: bytes, options: CellOptions) -> HiddenInputs | None:
+def _unchanged_inputs(entry: Entry, cache: Cache, options: CellOptions) -> HiddenInputs | None:
     """The entry's hidden inputs if none changed (a note says which did otherwise), or None."""
-    reason, inputs = entry_change(tag, meta_json)
+    digest = cache.entries.envelope.secret_digest
+    reason, inputs = entry_change(entry.tag, entry.meta_json, digest)
     if reason is not None:
         if not options.quiet:
             _note(f"nbcache: running {options.label}: {reason}")

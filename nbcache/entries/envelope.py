@@ -44,6 +44,7 @@ import math
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from nbcache.entries import serializer
@@ -171,11 +172,21 @@ _new_entry = tuple.__new__
 class Envelope:
     """Wraps values into entries and opens entries back into values, signing if given a signer."""
 
-    def __init__(self, signer: Signer | None = None, context: str = "") -> None:
+    def __init__(
+        self, signer: Signer | None = None, context: str = "", digests: Signer | None = None
+    ) -> None:
         """``context`` (a namespace) is bound into every MAC with the key: an entry copied
-        from another namespace under the same key is refused too."""
+        from another namespace under the same key is refused too. ``digests`` (a signer for
+        another purpose than ``signer``'s) keys :attr:`secret_digest`."""
         self.signer = signer
         self.context = context
+        #: For values whose digests go into an entry's metadata but must not be guessable by
+        #: whoever can read the server (environment variables hold passwords): a digest
+        #: keyed with the cache's secret; None for entries that never leave the process (any
+        #: digest will do).
+        self.secret_digest: Callable[[bytes], str] | None = (
+            None if digests is None else digests.hex_digest
+        )
         context_bytes = context.encode("utf-8", "surrogatepass")
         self._context_prefix = len(context_bytes).to_bytes(8, "little") + context_bytes
         self._mac_kind = "blake3" if signer else "none"

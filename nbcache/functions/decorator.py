@@ -297,7 +297,7 @@ class CachedFunction:
             self.keys.generation_key, key, function_fingerprint
         )
         if isinstance(found, Entry):
-            if not found.meta_json or self._unchanged(found):
+            if not found.meta_json or self._unchanged(cache, found):
                 with self._stats_lock:
                     self._hits += 1
                     self._saved += found.duration or 0.0
@@ -358,7 +358,7 @@ class CachedFunction:
                 continue
             found = found_by_key[call.key]
             if isinstance(found, Entry):
-                if not found.meta_json or self._unchanged(found):
+                if not found.meta_json or self._unchanged(cache, found):
                     with self._stats_lock:
                         self._hits += 1
                         self._saved += found.duration or 0.0
@@ -500,10 +500,10 @@ class CachedFunction:
         )
         return True
 
-    def _unchanged(self, entry: Entry) -> bool:
+    def _unchanged(self, cache: Cache, entry: Entry) -> bool:
         """True if the files, environment and random state ``entry`` recorded are unchanged;
         the hit then leaves the world as a call would (the random state advanced)."""
-        reason, inputs = recorded_change(entry.meta_json)
+        reason, inputs = recorded_change(entry.meta_json, cache.entries.envelope.secret_digest)
         if inputs is None:
             log.debug("nbcache: %s() recomputes: %s", self.name, reason)
             return False
@@ -670,7 +670,8 @@ class CachedFunction:
             own, helpers = self._own_code_and_helpers(call)
             return entry_meta(call, "", own, helpers)
 
-        return explain(call, generation, entry, records or None, current_meta)
+        digest = cache.entries.envelope.secret_digest
+        return explain(call, generation, entry, records or None, current_meta, digest=digest)
 
     def _log_miss(self, cache: Cache, call: CallKey) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -706,6 +707,7 @@ class _Miss:
         "cache",
         "call",
         "claim_key",
+        "digest",
         "function",
         "generation",
         "key",
@@ -740,12 +742,14 @@ class _Miss:
         )
         #: What the computation read besides its arguments, once it ran.
         self.recording: Recording | None = None
+        #: How the cache keeps digests of secret inputs (environment values).
+        self.digest = entries.envelope.secret_digest
 
     def recorded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
         """The computation of this call, recording its hidden inputs for :meth:`store_result`."""
 
         def compute() -> Any:
-            with Recording(self.function.depends_on) as recording:
+            with Recording(self.function.depends_on, self.digest) as recording:
                 value = self.function.func(*args, **kwargs)
             self.recording = recording
             return value
@@ -758,7 +762,7 @@ class _Miss:
         """:meth:`recorded` for a coroutine function."""
 
         async def compute() -> Any:
-            with Recording(self.function.depends_on) as recording:
+            with Recording(self.function.depends_on, self.digest) as recording:
                 value = await self.function.func(*args, **kwargs)
             self.recording = recording
             return value
@@ -772,14 +776,22 @@ class _Miss:
             self.function.keys.generation_key, self.call.key, function_fingerprint
         )
         self.generation = generation
-        if isinstance(found, Entry) and found.meta_json and not self.function._unchanged(found):
+        if (
+            isinstance(found, Entry)
+            and found.meta_json
+            and not self.function._unchanged(self.cache, found)
+        ):
             return NO_VALUE  # stored by a caller that read other files: compute our own
         return found
 
     def live(self, raw: Buffer) -> bool:
         return self.cache.entries.holds_tagged(
-            self.call.key, raw, self.generation, _inputs_unchanged
+            self.call.key, raw, self.generation, self._inputs_unchanged
         )
+
+    def _inputs_unchanged(self, meta_json: bytes) -> bool:
+        """For an entry's metadata: True unless it records hidden inputs that changed."""
+        return not meta_json or recorded_change(meta_json, self.digest)[0] is None
 
     def store_result(self, value: Any, seconds: float) -> bool:
         recording = self.recording
@@ -787,8 +799,3 @@ class _Miss:
         return self.function._store(
             self.cache, self.call, value, seconds, self.generation, recording
         )
-
-
-def _inputs_unchanged(meta_json: bytes) -> bool:
-    """For an entry's metadata: True unless it records hidden inputs that changed."""
-    return not meta_json or recorded_change(meta_json)[0] is None

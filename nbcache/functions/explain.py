@@ -33,6 +33,7 @@ from nbcache.entries.entry_store import EntryStore
 from nbcache.entries.envelope import Entry
 from nbcache.functions.call_key import CallKey
 from nbcache.functions.timer import shared_timer
+from nbcache.inputs.environment import ValueDigest
 from nbcache.inputs.hidden import recorded_change
 from nbcache.stores.api import NoValue
 
@@ -203,18 +204,20 @@ def explain(
     records: Records | None,
     current_meta: Callable[[], Meta],
     now: float | None = None,
+    digest: ValueDigest | None = None,
 ) -> str:
     """Why ``call`` misses (or "hit", or "no entry yet"), as one short sentence.
 
     ``generation`` is the function's current generation (None if there is none),
     ``entry`` what is stored under the call's key, ``records`` the function's recent-entry
-    records, ``current_meta`` builds this call's metadata (helper fingerprints are costly).
+    records, ``current_meta`` builds this call's metadata (helper fingerprints are costly),
+    ``digest`` the cache's digest of secret inputs (its envelope's ``secret_digest``).
     """
     now = time.time() if now is None else now
     if not isinstance(entry, NoValue) and generation is not None:
         if entry.tag == generation:
             if entry.meta_json:  # hidden inputs recorded: are they unchanged?
-                reason, _ = recorded_change(entry.meta_json)
+                reason, _ = recorded_change(entry.meta_json, digest)
                 return HIT if reason is None else reason
             return HIT
         return "cleared with cache_clear()"

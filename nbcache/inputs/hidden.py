@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbcache.inputs import environment, instrumentation, random_state
+from nbcache.inputs.environment import ValueDigest
 from nbcache.inputs.files import Found, file_change, found_from_json, found_to_json
 
 META_KEY = "inputs"
@@ -45,13 +46,15 @@ class HiddenInputs:
     """Files, declared globs, environment variables and random generators a computation used.
 
     Paths are as the computation saw them: relative ones resolve against the working
-    directory of whoever checks them.
+    directory of whoever checks them. ``digest`` made the digests of ``variables`` (the
+    cache's keyed one; None: :func:`~nbcache.inputs.environment.plain_digest`).
     """
 
     files: dict[str, Found] = field(default_factory=dict)
     globs: dict[str, list[str]] = field(default_factory=dict)
     variables: dict[str, str | None] = field(default_factory=dict)
     random: dict[str, RandomUse] = field(default_factory=dict)
+    digest: ValueDigest | None = field(default=None, compare=False, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.files or self.globs or self.variables or self.random)
@@ -76,8 +79,8 @@ class HiddenInputs:
         return data
 
     @classmethod
-    def from_json(cls, data: Any) -> HiddenInputs:
-        """The inputs :meth:`to_json` wrote; ``ValueError`` for anything else."""
+    def from_json(cls, data: Any, digest: ValueDigest | None = None) -> HiddenInputs:
+        """The inputs :meth:`to_json` wrote (with ``digest``); ``ValueError`` for anything else."""
         if not isinstance(data, dict):
             raise ValueError("hidden inputs are not a mapping")
         files = {
@@ -98,7 +101,7 @@ class HiddenInputs:
             if name not in random_state.GENERATORS:
                 raise ValueError(f"unknown random generator {name!r}")
             random[name] = RandomUse(None if before is None else _text(before), _text(after))
-        return cls(files, globs, variables, random)
+        return cls(files, globs, variables, random, digest)
 
     # -- checking -------------------------------------------------------------------------
 
@@ -107,8 +110,9 @@ class HiddenInputs:
 
         Never raises: a file that vanished or cannot be read is a change.
         """
-        for name, digest in self.variables.items():
-            reason = environment.variable_change(name, digest)
+        made_by = self.digest or environment.plain_digest
+        for name, recorded in self.variables.items():
+            reason = environment.variable_change(name, recorded, made_by)
             if reason is not None:
                 return reason
         for name, use in self.random.items():
@@ -164,15 +168,16 @@ def _glob_change(pattern: str, matches: list[str]) -> str | None:
     return f"`{pattern}` no longer matches `{gone[0]}`"
 
 
-_parsed: dict[bytes, HiddenInputs] = {}
+_parsed: dict[tuple[bytes, ValueDigest | None], HiddenInputs] = {}
 
 
-def from_meta_json(meta_json: bytes) -> HiddenInputs:
+def from_meta_json(meta_json: bytes, digest: ValueDigest | None = None) -> HiddenInputs:
     """The hidden inputs in an entry's metadata; ``ValueError`` if there are none or bad ones.
 
-    Parsed once per distinct metadata: a hit of the same entry costs a dictionary lookup.
+    ``digest``: the one the entry's cache records secret values with. Parsed once per
+    distinct metadata: a hit of the same entry costs a dictionary lookup.
     """
-    found = _parsed.get(meta_json)
+    found = _parsed.get((meta_json, digest))
     if found is not None:
         return found
     try:
@@ -181,15 +186,19 @@ def from_meta_json(meta_json: bytes) -> HiddenInputs:
         raise ValueError(f"unreadable metadata: {error}") from None
     if not isinstance(meta, dict) or META_KEY not in meta:
         raise ValueError("the entry records no hidden inputs")
-    inputs = HiddenInputs.from_json(meta[META_KEY])
+    inputs = HiddenInputs.from_json(meta[META_KEY], digest)
     if len(_parsed) >= _PARSED_ENTRIES:
         _parsed.clear()
-    _parsed[bytes(meta_json)] = inputs
+    _parsed[bytes(meta_json), digest] = inputs
     return inputs
 
 
-def entry_change(tag: str, meta_json: bytes) -> tuple[str | None, HiddenInputs | None]:
+def entry_change(
+    tag: str, meta_json: bytes, digest: ValueDigest | None = None
+) -> tuple[str | None, HiddenInputs | None]:
     """For an entry's tag and metadata: why it cannot be used now, and its hidden inputs.
+
+    ``digest``: the cache's envelope's :attr:`~nbcache.entries.envelope.Envelope.secret_digest`.
 
     ``(None, None)`` for an entry without hidden inputs, ``(None, inputs)`` for one whose
     inputs are unchanged (call ``inputs.reuse()`` when using it), ``(reason, None)`` else.
@@ -197,7 +206,7 @@ def entry_change(tag: str, meta_json: bytes) -> tuple[str | None, HiddenInputs |
     if not tag.endswith(TAG_MARK):
         return None, None
     try:
-        inputs = from_meta_json(meta_json)
+        inputs = from_meta_json(meta_json, digest)
     except ValueError as error:
         return f"its record of hidden inputs is unusable ({error})", None
     with instrumentation.unrecorded():  # an enclosing computation learns them from reuse()
@@ -208,9 +217,11 @@ def entry_change(tag: str, meta_json: bytes) -> tuple[str | None, HiddenInputs |
     return (reason, None) if reason is not None else (None, inputs)
 
 
-def recorded_change(meta_json: bytes) -> tuple[str | None, HiddenInputs | None]:
+def recorded_change(
+    meta_json: bytes, digest: ValueDigest | None = None
+) -> tuple[str | None, HiddenInputs | None]:
     """:func:`entry_change` for an entry whose metadata is known to hold hidden inputs."""
-    return entry_change(TAG_MARK, meta_json)
+    return entry_change(TAG_MARK, meta_json, digest)
 
 
 def _mapping(value: Any) -> dict[Any, Any]:

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from nbcache.inputs import environment, instrumentation, random_state
+from nbcache.inputs.environment import ValueDigest
 from nbcache.inputs.files import (
     FileIdentity,
     Found,
@@ -74,13 +75,17 @@ class Recording:
         "_token",
         "closed",
         "depends_on",
+        "digest",
         "inputs",
         "parent",
         "problem",
     )
 
-    def __init__(self, depends_on: Sequence[str] = ()) -> None:
+    def __init__(self, depends_on: Sequence[str] = (), digest: ValueDigest | None = None) -> None:
         self.depends_on = depends_on
+        #: Digests the values of environment variables (the cache's keyed digest, or None
+        #: for :func:`~nbcache.inputs.environment.plain_digest`).
+        self.digest = digest
         self.parent: instrumentation.Sink | None = None
         self.closed = False
         self.inputs = _NOTHING
@@ -172,7 +177,9 @@ class Recording:
         reads = self._recorded()
         decoded = os.fsdecode(name)
         if decoded not in reads.variables and "$" + decoded not in reads.written:
-            reads.variables[decoded] = environment.value_digest(value)
+            reads.variables[decoded] = environment.value_digest(
+                value, self.digest or environment.plain_digest
+            )
 
     def listed_variables(self, names: list[str]) -> None:
         variables = self._recorded().variables
@@ -213,9 +220,17 @@ class Recording:
                 reads.files[absolute] = (self._seen(path, absolute), found)
         for pattern, matches in inputs.globs.items():
             reads.globs.setdefault(pattern, matches)
+        own = inputs.digest == self.digest
         for name, digest in inputs.variables.items():
-            if "$" + name not in reads.written:
-                reads.variables.setdefault(name, digest)
+            if "$" + name in reads.written or name in reads.variables:
+                continue
+            if not own and digest is not None and name != environment.ALL_NAMES:
+                # Made with another cache's digest: the value is the one set now (it was
+                # just read, or just checked against the record), so digest it again.
+                with instrumentation.unrecorded():
+                    value = os.environ.get(name)
+                digest = environment.value_digest(value, self.digest or environment.plain_digest)
+            reads.variables[name] = digest
         if child is not None and child._reads is not None:
             reads.written |= child._reads.written
 
@@ -241,7 +256,7 @@ class Recording:
             )
         if reads is None:
             if random:
-                self.inputs = HiddenInputs(random=random)
+                self.inputs = HiddenInputs(random=random, digest=self.digest)
             return
         files: dict[str, Found] = {}
         if reads.files:
@@ -258,7 +273,7 @@ class Recording:
             for name, digest in reads.variables.items()
             if "$" + name not in reads.written
         }
-        inputs = HiddenInputs(files, dict(reads.globs), variables, random)
+        inputs = HiddenInputs(files, dict(reads.globs), variables, random, self.digest)
         if inputs:
             self.inputs = inputs
 
